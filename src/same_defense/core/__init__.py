@@ -1,0 +1,37 @@
+"""numpy-only heart of the defense: input checks, the SAME score and response policies.
+
+This sub-package imports nothing but numpy and the standard library, because the export step
+copies it verbatim into ``model_repository/defense/1/same_core`` so that the Triton Python
+step runs it in any Triton (the NGC container has numpy, not this project). Offline evaluation
+imports the very same files from here, so the served and the evaluated defense cannot drift.
+"""
+
+from .decision import Decision, DefenseSettings, defend
+from .manifest import (
+    MANIFEST_NAME,
+    ManifestError,
+    load_verified_manifest,
+    settings_from_manifest,
+)
+from .policies import POLICY_NAMES, PolicyParams, apply_policy
+from .score import kl_divergence, same_score, softmax
+from .validation import InputProblem, describe_problems, find_input_problems
+
+__all__ = [
+    "MANIFEST_NAME",
+    "POLICY_NAMES",
+    "Decision",
+    "DefenseSettings",
+    "InputProblem",
+    "ManifestError",
+    "PolicyParams",
+    "apply_policy",
+    "defend",
+    "describe_problems",
+    "find_input_problems",
+    "kl_divergence",
+    "load_verified_manifest",
+    "same_score",
+    "settings_from_manifest",
+    "softmax",
+]

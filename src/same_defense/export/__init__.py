@@ -1,0 +1,1 @@
+"""Export: ONNX graphs, their check against PyTorch, calibration and the Triton repository."""

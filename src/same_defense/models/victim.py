@@ -1,0 +1,81 @@
+"""Victim classifiers: the paper's 3-conv CNN for 1x28x28 and ResNet-18 for 3x32x32.
+
+The shadow classifier of SAME uses the same architecture as the victim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+VICTIM_ARCHITECTURES = ("cnn3", "resnet18")
+
+
+class Cnn3(nn.Module):
+    """Three conv blocks and two dense layers; works for any input of at least 8x8."""
+
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        channels = in_shape[0]
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )  # fmt: skip
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, *in_shape)).numel()
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat, 128), nn.ReLU(), nn.Dropout(0.25),
+            nn.Linear(128, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+        )  # fmt: skip
+        self.skip = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class ResNet18(nn.Module):
+    """CIFAR-style ResNet-18 (3x3 stem, no max-pool)."""
+
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_shape[0], 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+        ]  # fmt: skip
+        cin = 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+def build_classifier(
+    architecture: str, in_shape: tuple[int, int, int], num_classes: int
+) -> nn.Module:
+    if architecture == "cnn3":
+        return Cnn3(in_shape, num_classes)
+    if architecture == "resnet18":
+        return ResNet18(in_shape, num_classes)
+    raise ValueError(
+        f"unknown architecture {architecture!r}; choose one of {', '.join(VICTIM_ARCHITECTURES)}"
+    )

@@ -1,0 +1,78 @@
+"""The ``same`` ensemble run in-process: the repository's ONNX graphs in onnxruntime and the
+same defense code as the Triton step. For calibration, fast offline sweeps and benchmarks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..core import Decision, DefenseSettings, defend, describe_problems, find_input_problems
+from ..core.manifest import load_verified_manifest, settings_from_manifest
+from ..export.repository import MANIFEST_NAME, ONNX_FILES, read_model_config
+
+
+@dataclass(frozen=True)
+class GraphOutputs:
+    logits: np.ndarray  # [N, C]
+    recon_error: np.ndarray  # [N, 1]
+    shadow_logits: np.ndarray  # [N, C]
+    input_stats: np.ndarray  # [N, 3]
+
+
+class GraphRunner:
+    """Runs the victim and reconstructor ONNX graphs on batches of images."""
+
+    def __init__(self, victim_onnx: Path, reconstructor_onnx: Path, threads: int = 0) -> None:
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        self.victim = ort.InferenceSession(str(victim_onnx), options, providers=providers)
+        self.reconstructor = ort.InferenceSession(
+            str(reconstructor_onnx), options, providers=providers
+        )
+
+    def run(self, images: np.ndarray, batch_size: int = 256) -> GraphOutputs:
+        parts: list[list[np.ndarray]] = [[], [], [], []]
+        for i in range(0, len(images), batch_size):
+            x = np.ascontiguousarray(images[i : i + batch_size], dtype=np.float32)
+            parts[0].append(self.victim.run(None, {"IMAGE": x})[0])
+            for k, out in enumerate(self.reconstructor.run(None, {"IMAGE": x}), start=1):
+                parts[k].append(out)
+        return GraphOutputs(*(np.concatenate(p) for p in parts))
+
+
+class InvalidInput(ValueError):
+    """Raised for the same inputs the served ensemble refuses."""
+
+
+class InProcessSame:
+    """``same`` without a server: same graphs, same manifest check, same decision code."""
+
+    def __init__(self, repository: Path, policy: str | None = None, threads: int = 0) -> None:
+        repository = Path(repository)
+        manifest = load_verified_manifest(
+            str(repository), str(repository / "defense" / "1" / MANIFEST_NAME)
+        )
+        params = {
+            k: v.string_value
+            for k, v in read_model_config(repository / "defense").parameters.items()
+        }
+        chosen = policy or params.pop("policy", "misinformation")
+        params.pop("policy", None)
+        self.manifest = manifest
+        self.settings: DefenseSettings = settings_from_manifest(manifest, chosen, params)
+        self.graphs = GraphRunner(
+            repository / ONNX_FILES["victim"], repository / ONNX_FILES["reconstructor"], threads
+        )
+
+    def infer(self, images: np.ndarray) -> Decision:
+        out = self.graphs.run(images)
+        problems = find_input_problems(out.input_stats)
+        if problems:
+            raise InvalidInput(describe_problems(problems))
+        return defend(out.logits, out.recon_error, out.shadow_logits, self.settings)

@@ -1,0 +1,186 @@
+"""Training loops with progress bars. Inputs follow the project's convention (float32 NCHW)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..models.mae import MaskedAutoencoder
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    augment_shift: int = 2  # random translation in pixels; 0 disables
+    progress: bool = True
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator):
+    order = rng.permutation(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to ``max_shift`` pixels (zero padding)."""
+    if max_shift <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None].expand(
+        n, x.shape[1], h, w + 2 * max_shift
+    )
+    out = torch.gather(padded, 2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :].expand(n, x.shape[1], h, w)
+    return torch.gather(out, 3, cols)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    model.eval()
+    out = [
+        model(torch.from_numpy(images[i : i + batch_size])).numpy()
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def evaluate_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
+    return float((predict_logits(model, images).argmax(axis=1) == labels).mean())
+
+
+def _cosine_lr(
+    optimizer: torch.optim.Optimizer, base_lr: float, step: int, total: int, warmup: int
+) -> None:
+    if step < warmup:
+        lr = base_lr * (step + 1) / warmup
+    else:
+        lr = 0.5 * base_lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def train_classifier(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    config: TrainConfig,
+    soft_targets: np.ndarray | None = None,
+    desc: str = "victim",
+) -> nn.Module:
+    """Cross-entropy on hard ``labels``, or KL to ``soft_targets`` (probabilities) if given."""
+    if labels is None and soft_targets is None:
+        raise ValueError("need labels or soft targets")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * math.ceil(len(images) / config.batch_size)
+    bar = tqdm(total=steps, desc=f"train {desc}", disable=not config.progress, unit="step")
+    step = 0
+    for _ in range(config.epochs):
+        model.train()
+        for index in _batches(len(images), config.batch_size, rng):
+            _cosine_lr(optimizer, config.lr, step, steps, warmup=0)
+            x = random_shift(torch.from_numpy(images[index]), config.augment_shift, gen)
+            logits = model(x)
+            if soft_targets is not None:
+                target = torch.from_numpy(soft_targets[index])
+                loss = F.kl_div(F.log_softmax(logits, 1), target, reduction="batchmean")
+            else:
+                loss = F.cross_entropy(logits, torch.from_numpy(labels[index]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
+    model.eval()
+    return model
+
+
+def train_mae(
+    mae: MaskedAutoencoder, images: np.ndarray, config: TrainConfig, warmup_epochs: int = 2
+) -> MaskedAutoencoder:
+    """MAE training as the authors do it: AdamW (0.9, 0.95), warm-up then cosine, MSE / mask."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(
+        mae.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay
+    )
+    per_epoch = math.ceil(len(images) / config.batch_size)
+    steps = config.epochs * per_epoch
+    bar = tqdm(total=steps, desc="train MAE", disable=not config.progress, unit="step")
+    step = 0
+    ratio = mae.config.mask_ratio
+    for _ in range(config.epochs):
+        mae.train()
+        for index in _batches(len(images), config.batch_size, rng):
+            _cosine_lr(optimizer, config.lr, step, steps, warmup=warmup_epochs * per_epoch)
+            x = random_shift(torch.from_numpy(images[index]), config.augment_shift, gen)
+            recon = mae.forward_masked(x)
+            loss = F.mse_loss(recon, x) / max(ratio, 1e-6)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
+    mae.eval()
+    return mae
+
+
+def train_shadow(
+    shadow: nn.Module,
+    mae: MaskedAutoencoder,
+    images: np.ndarray,
+    victim_probs: np.ndarray,
+    config: TrainConfig,
+) -> nn.Module:
+    """Shadow classifier: mimic the victim's answers from masked (75 %) MAE reconstructions.
+
+    The reconstructions are drawn afresh every epoch so the shadow sees many maskings.
+    """
+    mae.eval()
+    torch.manual_seed(config.seed + 1)
+    rng = np.random.default_rng(config.seed + 1)
+    optimizer = torch.optim.Adam(shadow.parameters(), lr=config.lr)
+    steps = config.epochs * math.ceil(len(images) / config.batch_size)
+    bar = tqdm(total=steps, desc="train shadow", disable=not config.progress, unit="step")
+    step = 0
+    for _ in range(config.epochs):
+        shadow.train()
+        for index in _batches(len(images), config.batch_size, rng):
+            _cosine_lr(optimizer, config.lr, step, steps, warmup=0)
+            x = torch.from_numpy(images[index])
+            with torch.no_grad():
+                # Half masked (as the authors), half full reconstructions (as scored).
+                recon = torch.cat([mae.forward_masked(x[::2]), mae.reconstruct(x[1::2])])
+                target = torch.from_numpy(
+                    np.concatenate([victim_probs[index][::2], victim_probs[index][1::2]])
+                )
+            loss = F.kl_div(F.log_softmax(shadow(recon), 1), target, reduction="batchmean")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
+    shadow.eval()
+    return shadow
