@@ -169,3 +169,81 @@ def test_tampered_onnx_stops_the_ensemble_from_loading(tiny_repository, tmp_path
     onnx_file.write_bytes(bytes(data))
     with pytest.raises(ServerError, match="does not match its calibration"):
         start_server(copy, tmp_path / "triton.log")
+
+
+def _http_infer(server, array: np.ndarray, datatype: str = "FP32"):
+    import tritonclient.http as httpclient
+
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        tensor = httpclient.InferInput("IMAGE", list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        return client.infer("same", [tensor])
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("nan", "NaN/Inf"),
+        ("range", r"outside \[0.0, 1.0\]"),
+        ("dtype", "data-type is 'FP64'"),
+        ("channels", "unexpected shape"),
+        ("empty", "byte size mismatch"),
+    ],
+)
+def test_bad_input_over_http_gets_a_400(server, case, expected):
+    x, datatype = _digits(3), "FP32"
+    if case == "nan":
+        x[0, 0, 3, 3] = np.nan
+    elif case == "range":
+        x[2] += 2.0
+    elif case == "dtype":
+        x, datatype = x.astype(np.float64), "FP64"
+    elif case == "channels":
+        x = np.zeros((1, 3, 28, 28), np.float32)
+    elif case == "empty":
+        x = np.zeros((0, *SHAPE), np.float32)
+    with pytest.raises(InferenceServerException, match=expected) as caught:
+        _http_infer(server, x, datatype)
+    assert caught.value.status() == "400"
+    assert _http_infer(server, _digits(2)).as_numpy("PROBS").shape == (2, 10)
+
+
+def test_edge_values_that_are_valid_are_served(server):
+    x = _digits(3)
+    x[0, 0, 0, :4] = np.float32(1e-45)  # subnormal floats are valid pixels
+    x[1] = 0.0
+    x[2] = 1.0
+    assert _raw_infer(server, x).as_numpy("PROBS").shape == (3, 10)
+
+
+def test_huge_values_are_refused(server):
+    x = _digits(2)
+    x[1, 0, 0, 0] = np.float32(3e38)
+    with pytest.raises(InferenceServerException, match="sample 1: pixel values"):
+        _raw_infer(server, x)
+
+
+def test_unknown_output_name_is_refused(server):
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        tensor = grpcclient.InferInput("IMAGE", [1, *SHAPE], "FP32")
+        tensor.set_data_from_numpy(_digits(1))
+        outputs = [grpcclient.InferRequestedOutput("SCORE")]
+        with pytest.raises(InferenceServerException, match="unexpected inference output 'SCORE'"):
+            client.infer("same", [tensor], outputs=outputs)
+    _assert_still_serving(server)
+
+
+def test_raw_request_with_wrong_byte_size_is_refused(server):
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="same")
+    tensor = request.inputs.add(name="IMAGE", datatype="FP32", shape=[2, *SHAPE])
+    assert tensor.name == "IMAGE"
+    request.raw_input_contents.append(_digits(2).tobytes()[:-4])
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "byte size mismatch" in caught.value.details()
+    _assert_still_serving(server)

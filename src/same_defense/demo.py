@@ -12,12 +12,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from .client import SameClient
 from .data import QUERY_SOURCES, load_dataset, make_query_set, split_dataset
 from .export.build import main as build_main
 from .export.repository import read_manifest, refresh_defense_code
-from .serving.embedded import EmbeddedTriton, free_port
+from .gateway.deployment import ProtectedService
+from .serving.embedded import free_port
 from .serving.metrics import read_defense_counters
 
 
@@ -48,27 +51,29 @@ def main(argv: list[str] | None = None) -> int:
     shape = tuple(manifest["input_shape"])
 
     t = time.perf_counter()
-    server = EmbeddedTriton(
+    # The default deployment: Triton on loopback behind the gateway that exposes only `same`.
+    service = ProtectedService(
         args.repository,
-        grpc_port=free_port(),
+        public_port=free_port(),
         http_port=free_port(),
         metrics_port=free_port(),
         log_file=args.log_file,
     )
-    with server:
+    with service:
         timings["server_start_s"] = round(time.perf_counter() - t, 1)
-        print(f"== serving on {server.grpc_url} (log {args.log_file})", flush=True)
+        print(f"== serving `same` on {service.public_url} (log {args.log_file})", flush=True)
         t = time.perf_counter()
-        with SameClient(server.grpc_url) as client:
-            before = read_defense_counters(server.metrics_url)
+        with SameClient(service.public_url) as client:
+            victim_refused = public_victim_refused(service.public_url, shape)
+            before = read_defense_counters(service.metrics_url)
             benign = client.classify(splits.test.images, batch_size=64)
-            benign_counts = read_defense_counters(server.metrics_url) - before
+            benign_counts = read_defense_counters(service.metrics_url) - before
             attack_rates = {}
             for source in QUERY_SOURCES:
                 queries = make_query_set(source, args.queries, shape, seed=1)
-                before = read_defense_counters(server.metrics_url)
+                before = read_defense_counters(service.metrics_url)
                 client.classify(queries, batch_size=64)
-                counts = read_defense_counters(server.metrics_url) - before
+                counts = read_defense_counters(service.metrics_url) - before
                 attack_rates[source] = round(counts.flag_rate, 4)
         timings["queries_s"] = round(time.perf_counter() - t, 1)
 
@@ -81,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "threshold": manifest["threshold"],
         "target_fpr": manifest["target_fpr"],
         "policy": read_policy(args.repository),
+        "public_victim_call_refused": victim_refused,
         "benign_queries": len(splits.test),
         "queries_per_attack_set": args.queries,
         "timings": timings,
@@ -90,6 +96,18 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(report)
     print(f"wrote {args.report}")
     return 0
+
+
+def public_victim_refused(url: str, shape: tuple[int, ...]) -> bool:
+    """Does the public endpoint refuse a direct call to the raw victim? (It must.)"""
+    with grpcclient.InferenceServerClient(url) as thief:
+        image = grpcclient.InferInput("IMAGE", [1, *shape], "FP32")
+        image.set_data_from_numpy(np.zeros((1, *shape), np.float32))
+        try:
+            thief.infer("victim", [image])
+        except InferenceServerException as exc:
+            return "PERMISSION_DENIED" in str(exc.status())
+    return False
 
 
 def read_policy(repository: Path) -> str:

@@ -42,15 +42,33 @@ def _explain(exc: InferenceServerException, url: str, model: str) -> str:
     return f"server refused the request: {text}"
 
 
+def is_transient(exc: InferenceServerException) -> bool:
+    """Failures that a later identical request can succeed past."""
+    status = str(exc.status() or "")
+    text = str(exc.message() if hasattr(exc, "message") else exc).lower()
+    return "UNAVAILABLE" in status or "is not healthy" in text
+
+
 class SameClient:
     """One connection to a Triton server. Use as a context manager or call :meth:`close`."""
 
     def __init__(
-        self, url: str = DEFAULT_URL, model: str = "same", timeout_s: float = 60.0
+        self,
+        url: str = DEFAULT_URL,
+        model: str = "same",
+        timeout_s: float = 60.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
     ) -> None:
+        """Transient failures (server unreachable or restarting, a crashed backend process
+        being restarted) are retried ``retries`` times after ``backoff_s``, doubling each time.
+        Every call this client makes is a read or an inference, so repeating one is safe."""
         self.url = url
         self.model = model
         self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.retried = 0  # retries made so far, for callers that report them
         self._client = grpcclient.InferenceServerClient(url)
         self._max_batch: int | None = None
         self._input_shape: tuple[int, ...] | None = None
@@ -65,10 +83,16 @@ class SameClient:
         self._client.close()
 
     def _call(self, fn, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except InferenceServerException as exc:
-            raise SameClientError(_explain(exc, self.url, self.model)) from None
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return fn(*args, **kwargs)
+            except InferenceServerException as exc:
+                if attempt == self.retries or not is_transient(exc):
+                    raise SameClientError(_explain(exc, self.url, self.model)) from None
+            self.retried += 1
+            time.sleep(delay)
+            delay *= 2
 
     def _load_metadata(self) -> None:
         config = self._call(self._client.get_model_config, self.model, as_json=True)["config"]
@@ -133,16 +157,20 @@ class SameClient:
     def health(self) -> dict:
         """Server liveness/readiness and the readiness of every model in the repository."""
         report: dict = {"url": self.url}
+        report["live"] = self._call(self._client.is_server_live)
+        report["ready"] = self._call(self._client.is_server_ready)
         try:
-            report["live"] = self._client.is_server_live()
-            report["ready"] = self._client.is_server_ready()
             index = self._client.get_model_repository_index(as_json=True).get("models", [])
-        except InferenceServerException as exc:
-            raise SameClientError(_explain(exc, self.url, self.model)) from None
-        report["models"] = {
-            m["name"]: {"state": m.get("state", "UNKNOWN"), "reason": m.get("reason", "")}
-            for m in index
-        }
+            report["models"] = {
+                m["name"]: {"state": m.get("state", "UNKNOWN"), "reason": m.get("reason", "")}
+                for m in index
+            }
+        except InferenceServerException:
+            # Behind the gateway the repository index is not public: ask about our model only.
+            ready = self._call(self._client.is_model_ready, self.model)
+            report["models"] = {
+                self.model: {"state": "READY" if ready else "UNAVAILABLE", "reason": ""}
+            }
         report["server_version"] = self._call(self._client.get_server_metadata, as_json=True).get(
             "version"
         )

@@ -1,7 +1,12 @@
-"""``same-serve``: run the embedded Triton server on a model repository until interrupted.
+"""``same-serve``: serve a model repository until interrupted.
 
-Waits until ``same`` is ready, prints the endpoints, logs to a file, and on Ctrl-C or
-SIGTERM stops the server together with its Python stub processes.
+By default the public gRPC port is the gateway, which exposes only the ``same`` ensemble
+(plus health and metadata); Triton itself listens on loopback and demands a key only the
+gateway holds. ``--direct`` exposes Triton's own gRPC port instead (development, benchmarks:
+then every loaded model, the raw victim included, is callable).
+
+Waits until ``same`` is ready, prints the endpoints, logs to a file, and on Ctrl-C or SIGTERM
+stops the server together with its Python stub processes.
 """
 
 from __future__ import annotations
@@ -19,44 +24,52 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="same-serve",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--grpc-port", type=int, default=8001, help="public gRPC port")
+    p.add_argument("--http-port", type=int, default=8000, help="Triton HTTP (loopback)")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics")
+    p.add_argument("--host", default="127.0.0.1", help="address of the public gRPC port")
+    p.add_argument("--direct", action="store_true", help="no gateway: expose Triton itself")
     p.add_argument("--log-file", type=Path, default=Path("logs/tritonserver.log"))
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     args = p.parse_args(argv)
-    server = EmbeddedTriton(
-        args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
-        metrics_port=args.metrics_port, log_file=args.log_file, host=args.host,
-    )  # fmt: skip
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if args.direct:
+        service = EmbeddedTriton(
+            args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
+            metrics_port=args.metrics_port, log_file=args.log_file, host=args.host,
+        )  # fmt: skip
+    else:
+        from ..gateway.deployment import ProtectedService
+
+        service = ProtectedService(
+            args.repository, public_host=args.host, public_port=args.grpc_port,
+            http_port=args.http_port, metrics_port=args.metrics_port, log_file=args.log_file,
+        )  # fmt: skip
     try:
-        server.start(args.timeout)
-    except ServerError as exc:
+        service.start(args.timeout)
+    except (ServerError, OSError) as exc:
         print(f"same-serve: error: {exc}", file=sys.stderr)
         return 1
+    triton = service if args.direct else service.triton
+    public = triton.grpc_url if args.direct else service.public_url
+    mode = "Triton directly (every model callable)" if args.direct else "gateway: `same` only"
     print(
-        f"serving {args.repository}: gRPC {server.grpc_url}, HTTP {server.http_url}, "
-        f"metrics {server.metrics_url}; log {args.log_file}. Ctrl-C stops.",
+        f"serving {args.repository}: public gRPC {public} ({mode}); "
+        f"metrics {triton.metrics_url}; log {args.log_file}. Ctrl-C stops.",
         flush=True,
     )
     try:
         while not stop.wait(1.0):
-            if server.process is not None and server.process.poll() is not None:
-                print(
-                    f"same-serve: tritonserver exited ({server.process.returncode}); "
-                    f"see {args.log_file}",
-                    file=sys.stderr,
-                )
+            if triton.process is None or triton.process.poll() is not None:
+                print(f"same-serve: tritonserver exited; see {args.log_file}", file=sys.stderr)
                 return 1
     finally:
-        server.stop()
+        service.stop()
         print("same-serve: stopped", flush=True)
     return 0
 

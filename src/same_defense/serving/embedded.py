@@ -22,6 +22,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .supervisor import StubSupervisor
+
+# Everything but health and metadata: inference, model control, shared memory, statistics...
+RESTRICTED_CATEGORIES = (
+    "inference,shared-memory,model-config,model-repository,statistics,trace,logging"
+)
 _BACKEND_SOURCE = Path(__file__).parent / "onnxruntime_backend" / "model.py"
 
 
@@ -85,6 +91,12 @@ class EmbeddedTriton:
     workdir: Path = Path(".triton")
     host: str = "127.0.0.1"
     extra_args: list[str] = field(default_factory=list)
+    # (header, value) that Triton demands on every gRPC call but health/metadata; see
+    # same_defense.gateway. None: no restriction (local development, tests).
+    restricted_key: tuple[str, str] | None = None
+    # Reload a model whose Python stub died (see supervisor.py); needs explicit model control.
+    supervise: bool = True
+    supervisor: StubSupervisor | None = None
     process: subprocess.Popen | None = None
     _log_offset: int = 0
 
@@ -115,8 +127,24 @@ class EmbeddedTriton:
             "--allow-gpu-metrics=false",
             "--exit-on-error=true",
             "--strict-readiness=true",
+            *(["--model-control-mode=explicit", "--load-model=*"] if self.supervise else []),
+            *self._restriction_args(),
             *self.extra_args,
         ]
+
+    def _restriction_args(self) -> list[str]:
+        if self.restricted_key is None:
+            return []
+        key, value = self.restricted_key
+        return [f"--grpc-restricted-protocol={RESTRICTED_CATEGORIES}:{key}={value}"]
+
+    @property
+    def grpc_headers(self) -> dict[str, str] | None:
+        """What a gRPC client must send when the protocol is restricted (Triton's prefix)."""
+        if self.restricted_key is None:
+            return None
+        key, value = self.restricted_key
+        return {f"triton-grpc-protocol-{key}": value}
 
     def start(self, timeout: float = 180.0) -> EmbeddedTriton:
         if not (Path(self.repository) / "same" / "config.pbtxt").exists():
@@ -134,6 +162,11 @@ class EmbeddedTriton:
         except BaseException:
             self.stop()
             raise
+        if self.supervise:
+            self.supervisor = StubSupervisor(
+                self.process.pid, Path(self.repository), self.grpc_url, self.grpc_headers
+            )
+            self.supervisor.start()
         return self
 
     def wait_ready(self, timeout: float) -> None:
@@ -151,7 +184,7 @@ class EmbeddedTriton:
                 try:
                     if client.is_server_ready() and client.is_model_ready("same"):
                         return
-                    failed = _failed_models(client)
+                    failed = _failed_models(client, self.grpc_headers)
                 except Exception:  # not listening yet
                     failed = []
                 if failed:
@@ -185,6 +218,10 @@ class EmbeddedTriton:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the server's process group, then SIGKILL whatever is left (stubs included)."""
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor.join(5)
+            self.supervisor = None
         if self.process is None:
             return
         pgid = self.process.pid
@@ -205,9 +242,9 @@ class EmbeddedTriton:
         self.stop()
 
 
-def _failed_models(client) -> list[str]:
+def _failed_models(client, headers: dict[str, str] | None) -> list[str]:
     """``name: reason`` for every model Triton gave up on (UNAVAILABLE with a reason)."""
-    index = client.get_model_repository_index(as_json=True).get("models", [])
+    index = client.get_model_repository_index(headers=headers, as_json=True).get("models", [])
     return [
         f"{m['name']}: {m['reason']}"
         for m in index
