@@ -1,0 +1,54 @@
+"""``same-gateway``: run the gateway alone in front of any Triton (e.g. the NGC container).
+
+    same-gateway --listen 0.0.0.0:8001 --upstream 127.0.0.1:8101 \\
+        --upstream-key same-gateway-key=SECRET   # if Triton runs --grpc-restricted-protocol
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from .proxy import GatewayPolicy, GatewayServer
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="same-gateway",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--listen", default="0.0.0.0:8001", help="public host:port")
+    p.add_argument("--upstream", default="127.0.0.1:8101", help="Triton's gRPC host:port")
+    p.add_argument("--public-model", action="append", help="model clients may call (default: same)")
+    p.add_argument(
+        "--upstream-key",
+        help="KEY=VALUE of Triton's --grpc-restricted-protocol (sent as triton-grpc-protocol-KEY)",
+    )
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    header = None
+    if args.upstream_key:
+        key, sep, value = args.upstream_key.partition("=")
+        if not sep:
+            p.error("--upstream-key takes KEY=VALUE")
+        header = (f"triton-grpc-protocol-{key}", value)
+    policy = GatewayPolicy(frozenset(args.public_model or ["same"]), upstream_header=header)
+    try:
+        gateway = GatewayServer(args.listen, args.upstream, policy).start()
+    except OSError as exc:
+        print(f"same-gateway: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"same-gateway: {args.listen} -> {args.upstream}, public: {sorted(policy.public_models)}")
+    signal.signal(signal.SIGTERM, lambda *_: gateway.stop())
+    try:
+        gateway.wait()
+    except KeyboardInterrupt:
+        gateway.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
