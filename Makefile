@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install repository demo serve test test-unit lint clean
+.PHONY: install repository demo serve test test-unit lint clean loadtest bench evaluate soak
 
 install: $(STAMP)
 
@@ -28,6 +28,28 @@ demo: $(STAMP)
 # The embedded Triton server in the foreground (Ctrl-C stops it).
 serve: $(STAMP)
 	$(VENV)/bin/same-serve
+
+# Build if needed, serve, run Locust headless against `same` and the bare `victim`
+# (60 s each, same user mix); reports/loadtest/{summary.json,comparison.png,*.csv,*.html}.
+# Options: make loadtest LOADTEST_ARGS="--run-time 2m --users 40" (see --help).
+loadtest: $(STAMP)
+	$(PY) -m same_defense.load.loadtest $(LOADTEST_ARGS)
+
+# Build if needed; 11 min of Locust (benign + attacker users) against the protected endpoint
+# (gateway + Triton), sampling server/stub memory; reports/soak.json. SOAK_ARGS="..." as above.
+soak: $(STAMP)
+	$(PY) -m same_defense.load.soak $(SOAK_ARGS)
+
+# Build if needed; closed-loop benchmark (batch 1/8/64 x concurrency 1/4/16) of `same`,
+# `victim` and the same graphs in-process; reports/bench.json. BENCH_ARGS="..." as above.
+bench: $(STAMP)
+	$(PY) -m same_defense.load.bench $(BENCH_ARGS)
+
+# Every extraction attack (4,000 queries each) against every defense, probabilities and labels
+# only; reports/evaluation.{json,md} + plots. About 25 min on 2 cores; EVALUATE_ARGS="--quick"
+# for a smoke run (see --help).
+evaluate: $(STAMP)
+	$(PY) -m same_defense.evaluation.run $(EVALUATE_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -100,8 +100,12 @@ class TritonPythonModel:
                 np.concatenate(parts) for parts in zip(*arrays, strict=True)
             )
             decision = defend(logits, error, shadow, self.settings)
+            # Each metric call is a round trip to the server process (about 0.5 ms of wall
+            # time on the loaded 2-core machine): skip the ones that would add nothing.
             self.scored.increment(len(decision.scores))
-            self.flagged.increment(int(decision.flagged.sum()))
+            flagged = int(decision.flagged.sum())
+            if flagged:
+                self.flagged.increment(flagged)
             for s in decision.scores:
                 self.score_histogram.observe(float(s))
             start = 0

@@ -38,15 +38,30 @@ class ServingSettings:
     num_classes: int = 10
     max_batch_size: int = 256
     policy: str = "misinformation"
+    # Tuned on 2 CPU cores with `make bench` (README, Performance). The reconstructor is
+    # about 6x the victim's compute: two instances let it use both cores at saturation.
     victim_instances: int = 1
-    reconstructor_instances: int = 1
+    reconstructor_instances: int = 2
     defense_instances: int = 1
-    queue_delay_us: int = 200
+    # 0: a free instance takes whatever is queued at once; waiting for company only added
+    # latency (and CPU) at low load, and under load requests queue up by themselves.
+    queue_delay_us: int = 0
+    # One thread per instance: with 2, onnxruntime's spinning threads cost 4-5x the CPU per
+    # image on 2 shared cores. Scale with instances instead.
     ort_intra_op_threads: int = 1
+    # Batch sizes the dynamic batcher of the two ONNX models aims for (empty: as large as the
+    # queue allows, up to max_batch_size). 64 splits a deep queue between the two
+    # reconstructor instances (otherwise one takes up to 256 images and the other idles) and
+    # keeps batches where onnxruntime is most efficient per image.
+    onnx_preferred_batch_sizes: tuple[int, ...] = (64,)
 
 
 def _dims(shape: tuple[int, ...]) -> str:
     return "[ " + ", ".join(str(d) for d in shape) + " ]"
+
+
+def _preferred(sizes: tuple[int, ...]) -> str:
+    return f"  preferred_batch_size: {_dims(sizes)}\n" if sizes else ""
 
 
 def _onnx_config(
@@ -77,7 +92,7 @@ instance_group [
   }}
 ]
 dynamic_batching {{
-  max_queue_delay_microseconds: {s.queue_delay_us}
+{_preferred(s.onnx_preferred_batch_sizes)}  max_queue_delay_microseconds: {s.queue_delay_us}
 }}
 parameters {{
   key: "intra_op_thread_count"

@@ -1,0 +1,491 @@
+"""``make bench``: closed-loop throughput and latency of ``same``, ``victim`` and in-process.
+
+Every cell is a closed loop: ``concurrency`` workers each send one request of ``batch``
+benign test images, wait for the answer and send the next, for a fixed time after a warm-up.
+Targets:
+
+- ``same``: the served ensemble (victim + reconstructor + Python defense step) over gRPC;
+- ``victim``: the bare victim model on the same server, same client code;
+- ``inprocess_same`` / ``inprocess_victim``: the same ONNX graphs (and, for ``same``, the same
+  defense code) in onnxruntime in this process, no server: the compute floor.
+
+For each (batch, concurrency) the four targets run back to back, so the ratios compare
+figures taken under the same background load (this machine is shared). Results go to
+``reports/bench.json``; the table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..serving.embedded import EmbeddedTriton, free_port
+from .common import (
+    benign_images,
+    current_settings,
+    ensure_repository,
+    exit_on_sigterm,
+    parse_overrides,
+    tuned_copy,
+)
+from .stats import cost_breakdown, gap_breakdown, latency_summary, ratio
+
+SERVED = ("same", "victim")
+IN_PROCESS = ("inprocess_same", "inprocess_victim")
+TARGETS = SERVED + IN_PROCESS
+
+# A worker is (call, close): call(batch) sends one request and waits for its answer.
+MAX_ERRORS_IN_A_ROW = 20
+Worker = tuple[Callable[[np.ndarray], object], Callable[[], None]]
+
+
+def closed_loop(
+    make_worker: Callable[[], Worker],
+    batches: list[np.ndarray],
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+) -> dict:
+    """Run ``concurrency`` closed-loop workers; summarise requests that finish in the window.
+
+    The window opens ``warmup_s`` after every worker is connected and lasts ``duration_s``.
+    Requests that complete inside it count towards throughput and latency (their start may
+    fall in the warm-up: at saturation that is what a request waits).
+    """
+    window: dict[str, float] = {}
+
+    def open_window() -> None:  # runs once, when every worker has reached the barrier
+        window["start"] = time.perf_counter() + warmup_s
+        window["end"] = window["start"] + duration_s
+
+    barrier = threading.Barrier(concurrency, action=open_window)
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors: list[str] = []  # one message per failed request (list.append is thread-safe)
+    sent = [0] * concurrency
+
+    def work(index: int) -> None:
+        try:
+            call, close = make_worker()
+        except Exception as exc:
+            errors.append(f"cannot start a worker: {type(exc).__name__}: {exc}")
+            barrier.abort()  # the others would wait for this one for ever
+            return
+        try:
+            barrier.wait()
+            k = index  # workers start at different batches so they do not send the same one
+            in_a_row = 0
+            while True:
+                start = time.perf_counter()
+                if start >= window["end"]:
+                    return
+                try:
+                    call(batches[k % len(batches)])
+                except Exception as exc:  # counted and reported, never silently dropped
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    in_a_row += 1
+                    if in_a_row >= MAX_ERRORS_IN_A_ROW:  # the target is gone: stop trying
+                        return
+                    continue
+                end = time.perf_counter()
+                in_a_row = 0
+                k += 1
+                sent[index] += 1
+                if window["start"] <= end <= window["end"]:
+                    latencies[index].append(end - start)
+        except threading.BrokenBarrierError:
+            return
+        finally:
+            close()
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done = [x for per_worker in latencies for x in per_worker]
+    if errors and not done:
+        raise RuntimeError(f"every request failed ({len(errors)}); first: {errors[0]}")
+    summary = latency_summary(done, duration_s, len(batches[0]))
+    summary["errors"] = len(errors)
+    if errors:
+        summary["first_error"] = errors[0]
+    summary["images_sent"] = sum(sent) * len(batches[0])  # warm-up included, for CPU accounting
+    return summary
+
+
+def triton_worker(url: str, model: str, timeout_s: float = 120.0) -> Worker:
+    """One gRPC client per worker (tritonclient's clients are not meant to be shared)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+
+    def call(batch: np.ndarray) -> object:
+        tensor = grpcclient.InferInput("IMAGE", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch)
+        return client.infer(model, [tensor], client_timeout=timeout_s)
+
+    return call, client.close
+
+
+def cpu_seconds(pids: list[int], children: bool = True) -> float:
+    """User + system CPU seconds of these processes (and their children), so far."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *(root.children(recursive=True) if children else [])]:
+                times = proc.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def server_counters(url: str) -> dict[str, dict[str, int]]:
+    """Triton's cumulative per-model statistics: requests, executions, images, and the
+    nanoseconds spent queued and computing (input + infer + output)."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics(as_json=True).get("model_stats", [])
+    out = {}
+    for m in stats:
+        s = m.get("inference_stats", {})
+
+        def ns(key: str, s: dict = s) -> int:
+            return int(s.get(key, {}).get("ns", 0))
+
+        out[m["name"]] = {
+            "requests": int(s.get("success", {}).get("count", 0)),
+            "executions": int(m.get("execution_count", 0)),
+            "images": int(m.get("inference_count", 0)),
+            "request_ns": ns("success"),
+            "queue_ns": ns("queue"),
+            "compute_ns": ns("compute_input") + ns("compute_infer") + ns("compute_output"),
+        }
+    return out
+
+
+def server_breakdown(before: dict, after: dict) -> dict:
+    """Per model, over one cell: mean images per execution (what dynamic batching achieved)
+    and the mean milliseconds a request spent in the server, queued and computing."""
+    out = {}
+    for name, a in after.items():
+        b = before.get(name, {})
+        d = {k: v - b.get(k, 0) for k, v in a.items()}
+        if d["requests"] <= 0:
+            continue
+        out[name] = {
+            "requests": d["requests"],
+            "images_per_execution": round(d["images"] / max(1, d["executions"]), 2),
+            "server_ms_per_request": round(d["request_ns"] / d["requests"] / 1e6, 3),
+            "queue_ms_per_request": round(d["queue_ns"] / d["requests"] / 1e6, 3),
+            "compute_ms_per_request": round(d["compute_ns"] / d["requests"] / 1e6, 3),
+        }
+    return out
+
+
+def measure_cell(
+    make_worker: Callable[[], Worker],
+    batches: list[np.ndarray],
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+    url: str | None = None,
+    server_pids: list[int] | None = None,
+) -> dict:
+    """One closed-loop cell plus CPU accounting and, for a served target, Triton's own
+    per-model breakdown."""
+    server_pids = server_pids or []
+    before = server_counters(url) if url else None
+    cpu0 = (cpu_seconds(server_pids), cpu_seconds([os.getpid()], children=False))
+    r = closed_loop(make_worker, batches, concurrency, warmup_s, duration_s)
+    cpu1 = (cpu_seconds(server_pids), cpu_seconds([os.getpid()], children=False))
+    # CPU time per image is far less sensitive to other tenants than wall-clock throughput:
+    # it is the cost, where throughput is the cost plus contention.
+    sent = max(1, r.pop("images_sent"))
+    r["cpu_ms_per_image"] = {
+        "server": round((cpu1[0] - cpu0[0]) * 1e3 / sent, 4),
+        "client": round((cpu1[1] - cpu0[1]) * 1e3 / sent, 4),
+    }
+    if before is not None:
+        # Includes the warm-up: it describes how the server ran, not just the window. The
+        # pause lets Triton finish accounting for the last requests before the next cell.
+        time.sleep(0.2)
+        r["server"] = server_breakdown(before, server_counters(url))
+    return r
+
+
+def make_batches(images: np.ndarray, batch_size: int, count: int = 16) -> list[np.ndarray]:
+    """Up to ``count`` distinct contiguous batches cut from ``images`` (cycled if short)."""
+    n = max(1, min(count, len(images) // batch_size))
+    reps = -(-n * batch_size // len(images))
+    pool = np.concatenate([images] * reps) if reps > 1 else images
+    return [np.ascontiguousarray(pool[i * batch_size : (i + 1) * batch_size]) for i in range(n)]
+
+
+def in_process_workers(repository: Path, threads: int) -> dict[str, Callable[[], Worker]]:
+    """Worker factories for the in-process targets; sessions are shared (onnxruntime's run is
+    thread-safe and releases the GIL), as a server's instance would be."""
+    from ..serving.inprocess import InProcessSame
+
+    pipeline = InProcessSame(repository, threads=threads)
+    victim = pipeline.graphs.victim
+
+    def nothing() -> None:
+        pass
+
+    return {
+        "inprocess_same": lambda: (pipeline.infer, nothing),
+        "inprocess_victim": lambda: (lambda x: victim.run(None, {"IMAGE": x}), nothing),
+    }
+
+
+def derive(
+    results: dict, batch_sizes: list[int], concurrency: list[int], server_cpu: bool = True
+) -> dict:
+    """Ratios per cell; per batch size (and ``peak``, over all of them) the best throughput
+    over the concurrency levels, the same/victim ratio there and the gap breakdown."""
+
+    def cell(target: str, b: int, c: int) -> dict | None:
+        return results.get(target, {}).get(str(b), {}).get(str(c))
+
+    pairs = {
+        "same/victim": ("same", "victim"),
+        "same/inprocess_same": ("same", "inprocess_same"),
+        "victim/inprocess_victim": ("victim", "inprocess_victim"),
+    }
+    ratios: dict = {}
+    for label, (num, den) in pairs.items():
+        for b in batch_sizes:
+            for c in concurrency:
+                x, y = cell(num, b, c), cell(den, b, c)
+                if x and y:
+                    ratios.setdefault(label, {}).setdefault(str(b), {})[str(c)] = {
+                        "throughput": ratio(x["images_per_s"], y["images_per_s"]),
+                        "p50": ratio(x["p50_ms"], y["p50_ms"]),
+                        "p99": ratio(x["p99_ms"], y["p99_ms"]),
+                    }
+
+    def cells_of(target: str, sizes: list[int]) -> list[dict]:
+        return [x for b in sizes for c in concurrency if (x := cell(target, b, c))]
+
+    def cpu_us(x: dict) -> float:  # what one image cost this machine, client included
+        return (x["cpu_ms_per_image"]["server"] + x["cpu_ms_per_image"]["client"]) * 1e3
+
+    def best(target: str, sizes: list[int]) -> dict | None:
+        cells = cells_of(target, sizes)
+        return max(cells, key=lambda x: x["images_per_s"]) if cells else None
+
+    # The compute floor: the cheapest the graphs ran in-process, at any batch size. What the
+    # served ensemble costs beyond it is serving (transport, ensemble, Python steps, and
+    # batches that dynamic batching could not make as efficient). Wall time per image is
+    # what throughput sees; CPU time per image is the same split, far less disturbed by
+    # other tenants of a shared machine.
+    floor_wall = {t: best(t, batch_sizes) for t in IN_PROCESS}
+    floor_cpu = {t: min((cpu_us(x) for x in cells_of(t, batch_sizes)), default=None)
+                 for t in IN_PROCESS}  # fmt: skip
+    saturation: dict = {}
+    for b in [*batch_sizes, "peak"]:
+        sizes = batch_sizes if b == "peak" else [b]
+        top = {t: best(t, sizes) for t in TARGETS}
+        entry: dict = {f"{t}_images_per_s": x["images_per_s"] for t, x in top.items() if x}
+        same, victim = top["same"], top["victim"]
+        if same and victim:
+            entry["same/victim"] = ratio(same["images_per_s"], victim["images_per_s"])
+            local_same, local_victim = floor_wall["inprocess_same"], floor_wall["inprocess_victim"]
+            if local_same and local_victim:
+                entry["gap_wall"] = gap_breakdown(
+                    same["images_per_s"], victim["images_per_s"],
+                    local_same["images_per_s"], local_victim["images_per_s"],
+                )  # fmt: skip
+            if server_cpu and floor_cpu["inprocess_same"] and floor_cpu["inprocess_victim"]:
+                entry["gap_cpu"] = cost_breakdown(
+                    cpu_us(same), cpu_us(victim),
+                    floor_cpu["inprocess_same"], floor_cpu["inprocess_victim"],
+                )  # fmt: skip
+        saturation[str(b)] = entry
+    saturation["compute_floor"] = {
+        t: {
+            "images_per_s": floor_wall[t]["images_per_s"] if floor_wall[t] else None,
+            "cpu_us_per_image": round(floor_cpu[t], 1) if floor_cpu[t] else None,
+        }
+        for t in IN_PROCESS
+    }
+    return {"ratios": ratios, "saturation": saturation}
+
+
+def goals(results: dict, derived: dict, batch_sizes: list[int], concurrency: list[int]) -> dict:
+    """The issue's targets, per batch size: throughput ratio at saturation >= 0.5 and
+    p99 ratio at the highest concurrency <= 2."""
+    top = str(max(concurrency))
+    out = {}
+    for b in batch_sizes:
+        sat = derived["saturation"].get(str(b), {}).get("same/victim")
+        p99 = derived["ratios"].get("same/victim", {}).get(str(b), {}).get(top, {}).get("p99")
+        out[str(b)] = {
+            "throughput_ratio_at_saturation": sat,
+            "throughput_goal_met": sat is not None and sat >= 0.5,
+            f"p99_ratio_at_concurrency_{top}": p99,
+            "p99_goal_met": p99 is not None and p99 <= 2.0,
+        }
+    return out
+
+
+def format_table(results: dict) -> str:
+    lines = [
+        "| target | batch | concurrency | images/s | requests/s | p50 ms | p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for target, by_batch in results.items():
+        for b, by_conc in by_batch.items():
+            for c, r in by_conc.items():
+                lines.append(
+                    f"| {target} | {b} | {c} | {r['images_per_s']:.1f} | "
+                    f"{r['requests_per_s']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
+                )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--output", type=Path, default=Path("reports/bench.json"))
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 64])
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds before each window")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds measured per cell")
+    p.add_argument(
+        "--inprocess-threads", type=int, default=1,
+        help="onnxruntime intra-op threads in-process (1 = what each served instance uses)",
+    )  # fmt: skip
+    p.add_argument(
+        "--url", help="benchmark this running server instead of starting one (host:grpc_port)"
+    )
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="serve a temporary copy of the repository with this ServingSettings field "
+        "changed (repeatable), e.g. --set reconstructor_instances=2",
+    )  # fmt: skip
+    p.add_argument("--log-file", type=Path, default=Path("logs/bench-tritonserver.log"))
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    manifest = ensure_repository(args.repository)
+    images = benign_images(manifest)
+    served = [t for t in args.targets if t in SERVED]
+    local = [t for t in args.targets if t in IN_PROCESS]
+    overrides = parse_overrides(args.overrides)
+    repository = args.repository
+    if overrides:
+        repository = tuned_copy(args.repository, manifest, overrides)
+        print(f"== serving a copy with {overrides}: {repository}", flush=True)
+    serving = current_settings(repository)
+    server = None
+    server_pids: list[int] = []
+    try:
+        url = args.url
+        if served and not url:
+            server = EmbeddedTriton(
+                repository, grpc_port=free_port(), http_port=free_port(),
+                metrics_port=free_port(), log_file=args.log_file,
+            ).start()  # fmt: skip
+            url = server.grpc_url
+            server_pids = [server.process.pid]
+            print(f"== serving on {url} (log {args.log_file})", flush=True)
+        factories: dict[str, Callable[[], Worker]] = {
+            t: (lambda t=t: triton_worker(url, t)) for t in served
+        }
+        if local:
+            factories.update(
+                {
+                    t: f
+                    for t, f in in_process_workers(repository, args.inprocess_threads).items()
+                    if t in local
+                }
+            )
+        results: dict = {t: {} for t in args.targets}
+        started = time.perf_counter()
+        for b in args.batch_sizes:
+            batches = make_batches(images, b)
+            for c in args.concurrency:
+                for target in args.targets:
+                    r = measure_cell(
+                        factories[target], batches, c, args.warmup, args.duration,
+                        url if target in SERVED else None, server_pids,
+                    )  # fmt: skip
+                    results[target].setdefault(str(b), {})[str(c)] = r
+                    cpu = r["cpu_ms_per_image"]
+                    if r["errors"]:
+                        print(f"   ! {r['errors']} failed requests: {r['first_error']}", flush=True)
+                    print(
+                        f"   {target:17s} batch {b:3d} concurrency {c:3d}: "
+                        f"{r['images_per_s']:9.1f} images/s  p50 {r['p50_ms']:8.2f} ms  "
+                        f"p99 {r['p99_ms']:8.2f} ms  CPU ms/image server {cpu['server']:.3f} "
+                        f"client {cpu['client']:.3f}",
+                        flush=True,
+                    )
+        elapsed = time.perf_counter() - started
+    finally:
+        if server is not None:
+            server.stop()
+        if overrides:
+            shutil.rmtree(repository.parent, ignore_errors=True)
+    # With --url the server is not our child: its CPU time is unknown.
+    derived = derive(results, args.batch_sizes, args.concurrency, server_cpu=bool(server_pids))
+    return {
+        "config": {
+            "batch_sizes": args.batch_sizes,
+            "concurrency": args.concurrency,
+            "warmup_s": args.warmup,
+            "duration_s": args.duration,
+            "inprocess_threads": args.inprocess_threads,
+            "repository": str(args.repository),
+            "overrides": overrides,
+            "serving": serving,
+            "cpus": os.cpu_count(),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "measured_s": round(elapsed, 1),
+            "server_cpu_measured": bool(server_pids),
+            "units": "throughput in images/s (requests/s also given); latency in ms",
+        },
+        "failed_requests": sum(
+            cell["errors"]
+            for by_batch in results.values()
+            for by_conc in by_batch.values()
+            for cell in by_conc.values()
+        ),  # fmt: skip
+        "results": results,
+        **derived,
+        "goals": goals(results, derived, args.batch_sizes, args.concurrency),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = run(args)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(format_table(report["results"]))
+    print(json.dumps({"saturation": report["saturation"], "goals": report["goals"]}, indent=2))
+    print(f"== wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    exit_on_sigterm()
+    raise SystemExit(main())
