@@ -14,7 +14,14 @@ from same_defense.core import (
     same_score,
     softmax,
 )
-from same_defense.core.policies import misinformation_gate, reverse_sigmoid
+from same_defense.core.policies import (
+    max_softmax_gate,
+    misinformation_gate,
+    misinformation_target,
+    mix_misinformation,
+    reverse_sigmoid,
+    shifted_misinformation_target,
+)
 
 
 def test_softmax_rows_sum_to_one_and_survive_large_logits():
@@ -89,6 +96,34 @@ def test_misinformation_flips_high_scores_and_keeps_low_ones():
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-6)
     gate = misinformation_gate(np.array([0.5, 1.0, 2.0]), 1.0, nu=10.0, margin=1.0)
     assert gate[0] < 0.01 and gate[1] == pytest.approx(0.5) and gate[2] > 0.99
+
+
+def test_max_softmax_gate_opens_below_tau_only():
+    # max p: 0.7, 0.8, 0.4; tau 0.6 -> only row 2 (unsure) gets misinformation
+    h = max_softmax_gate(PROBS, tau=0.6, nu=100.0)
+    assert h[0] < 0.01 and h[1] < 0.01 and h[2] > 0.99
+    assert max_softmax_gate(np.array([[0.6, 0.4]]), 0.6, 5.0)[0] == pytest.approx(0.5)
+
+
+def test_mix_misinformation_interpolates_to_the_misinformation_target():
+    h = np.array([0.0, 1.0, 0.5])
+    mixed = mix_misinformation(PROBS, h)
+    target = misinformation_target(PROBS)
+    np.testing.assert_allclose(mixed[0], PROBS[0], rtol=1e-6)
+    np.testing.assert_allclose(mixed[1], target[1])
+    np.testing.assert_allclose(mixed[2], 0.5 * PROBS[2] + 0.5 * target[2], rtol=1e-6)
+    assert mixed[1].argmax() != PROBS[1].argmax()
+    # equals the served policy when its gate is the same
+    scores = np.array([0.1, 50.0, 0.2])
+    served, _ = apply_policy("misinformation", PROBS, scores, THRESHOLD)
+    gate = misinformation_gate(scores, THRESHOLD, PolicyParams().nu, PolicyParams().margin)
+    np.testing.assert_allclose(mix_misinformation(PROBS, gate), served, rtol=1e-6)
+
+
+def test_shifted_misinformation_target_is_a_consistent_wrong_class():
+    target = shifted_misinformation_target(PROBS)
+    np.testing.assert_array_equal(target.argmax(axis=1), [1, 2, 0])  # predicted + 1 mod 3
+    np.testing.assert_allclose(target.sum(axis=1), 1.0)
 
 
 def test_unknown_policy_is_refused():

@@ -104,3 +104,30 @@ def apply_policy(
     if policy == "reject":
         labels[flagged] = REJECTED_LABEL
     return out.astype(np.float32), labels
+
+
+def max_softmax_gate(probs: np.ndarray, tau: float, nu: float) -> np.ndarray:
+    """Adaptive Misinformation's own gate (Kariyappa & Qureshi): ``sigmoid(nu * (tau - max p))``.
+
+    The published baseline that SAME's score-driven gate replaces: queries the victim is
+    unsure about (max-softmax below ``tau``) get misinformation.
+    """
+    top = np.asarray(probs, dtype=np.float64).max(axis=1)
+    return 1.0 / (1.0 + np.exp(-nu * (tau - top)))
+
+
+def mix_misinformation(probs: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """``(1 - h) p + h y_mis`` per row, with ``y_mis`` from :func:`misinformation_target`."""
+    p = np.asarray(probs, dtype=np.float64)
+    gate = np.asarray(h, dtype=np.float64).reshape(-1, 1)
+    return (1.0 - gate) * p + gate * misinformation_target(p)
+
+
+def shifted_misinformation_target(probs: np.ndarray, shift: int = 1) -> np.ndarray:
+    """One-hot of ``(predicted class + shift) mod C``: a wrong answer that is *consistent*
+    across queries (every flagged "3" answered "4"), which a thief cannot average out as
+    label noise. An evaluated alternative to :func:`misinformation_target`, not served."""
+    p = np.asarray(probs, dtype=np.float64)
+    out = np.zeros_like(p)
+    out[np.arange(len(p)), (p.argmax(axis=1) + shift) % p.shape[1]] = 1.0
+    return out

@@ -1,0 +1,38 @@
+"""Model-extraction attacks against the ``same`` endpoint, each with a query budget.
+
+An attack talks to an :class:`~.oracle.Oracle` (the live gRPC endpoint or the in-process
+pipeline), spends at most the oracle's budget, and trains a clone on probabilities or on
+labels only. See ``evaluation/`` for the matrix that runs them against each defense.
+"""
+
+from .base import AttackResult, query_in_batches
+from .clone import OUTPUT_TYPES, CloneConfig, CloneTrainer, predict, training_targets
+from .dfme import Dfme, Generator
+from .jbda import Jbda, jacobian_step
+from .knockoff import TRANSFER_SETS, KnockoffNets, transfer_set
+from .noise import UniformNoise
+from .oracle import Answer, BudgetExceeded, GrpcOracle, InProcessOracle, LabelOnly, Oracle
+
+__all__ = [
+    "OUTPUT_TYPES",
+    "TRANSFER_SETS",
+    "Answer",
+    "AttackResult",
+    "BudgetExceeded",
+    "CloneConfig",
+    "CloneTrainer",
+    "Dfme",
+    "Generator",
+    "GrpcOracle",
+    "InProcessOracle",
+    "Jbda",
+    "KnockoffNets",
+    "LabelOnly",
+    "Oracle",
+    "UniformNoise",
+    "jacobian_step",
+    "predict",
+    "query_in_batches",
+    "training_targets",
+    "transfer_set",
+]

@@ -1,0 +1,78 @@
+"""What every attack returns, and the helpers they share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from .oracle import Answer, Oracle
+
+# Called with a clone, returns a figure to log against queries spent (the evaluation passes
+# "clone accuracy on the test split"); attacks never see the test data themselves.
+Evaluate = Callable[[nn.Module], float]
+
+
+@dataclass
+class AttackResult:
+    attack: str
+    output_type: str
+    clone: nn.Module
+    queries_used: int
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (queries spent, evaluate)
+    info: dict = field(default_factory=dict)
+
+
+def query_in_batches(oracle: Oracle, images: np.ndarray, batch_size: int) -> Answer:
+    """Send ``images`` as consecutive batches (what a client does); concatenate the answers."""
+    probs, labels = [], []
+    for start in range(0, len(images), batch_size):
+        answer = oracle.query(images[start : start + batch_size])
+        probs.append(answer.probs)
+        labels.append(answer.labels)
+    if not probs:
+        return Answer(np.zeros((0, 0), np.float32), np.zeros(0, np.int64))
+    return Answer(np.concatenate(probs), np.concatenate(labels))
+
+
+def concat_answers(a: Answer, b: Answer) -> Answer:
+    if len(a.labels) == 0:
+        return b
+    if len(b.labels) == 0:
+        return a
+    return Answer(np.concatenate([a.probs, b.probs]), np.concatenate([a.labels, b.labels]))
+
+
+def spendable(oracle: Oracle, wanted: int) -> int:
+    """How many of ``wanted`` queries the budget still allows."""
+    return wanted if oracle.remaining is None else max(0, min(wanted, oracle.remaining))
+
+
+def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Translate each image by ``(dy, dx)`` pixels with zero fill (no wrap-around)."""
+    out = np.zeros_like(images)
+    h, w = images.shape[2:]
+    for i, (dy, dx) in enumerate(shifts):
+        dy, dx = int(dy), int(dx)
+        src_y = slice(max(0, -dy), h - max(0, dy))
+        src_x = slice(max(0, -dx), w - max(0, dx))
+        dst_y = slice(max(0, dy), h - max(0, -dy))
+        dst_x = slice(max(0, dx), w - max(0, -dx))
+        out[i, :, dst_y, dst_x] = images[i, :, src_y, src_x]
+    return out
+
+
+def extend_pool(
+    images: np.ndarray, groups: np.ndarray, size: int, seed: int, max_shift: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grow a transfer pool to ``size`` with shifted copies, so a budget above the pool's size
+    buys new images instead of repeats (an attacker would augment, not resend)."""
+    if size <= len(images):
+        return images, groups
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(images), size - len(images))
+    shifts = rng.integers(-max_shift, max_shift + 1, (len(pick), 2))
+    extra = shift_images(images[pick], shifts)
+    return np.concatenate([images, extra]), np.concatenate([groups, groups[pick]])
