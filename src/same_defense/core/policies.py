@@ -96,8 +96,8 @@ def apply_policy(
     elif policy == "reverse_sigmoid":
         out[flagged] = reverse_sigmoid(probs[flagged], params.beta, params.gamma)
     elif policy == "misinformation":
-        h = misinformation_gate(scores, threshold, params.nu, params.margin)[:, None]
-        out = (1.0 - h) * probs + h * misinformation_target(probs)
+        h = misinformation_gate(scores, threshold, params.nu, params.margin)
+        out = mix_misinformation(probs, h)
     else:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICY_NAMES)}")
     labels = out.argmax(axis=1).astype(np.int64)
