@@ -46,8 +46,8 @@ bench: $(STAMP)
 	$(PY) -m same_defense.load.bench $(BENCH_ARGS)
 
 # Every extraction attack (4,000 queries each) against every defense, probabilities and labels
-# only; reports/evaluation.{json,md} + plots. About 25 min on 2 cores; EVALUATE_ARGS="--quick"
-# for a smoke run (see --help).
+# only; reports/evaluation.{json,md} + plots; 17-20 min on 2 shared cores.
+# EVALUATE_ARGS="--quick" for a smoke run (see --help).
 evaluate: $(STAMP)
 	$(PY) -m same_defense.evaluation.run $(EVALUATE_ARGS)
 
