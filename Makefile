@@ -4,7 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install repository demo serve test test-unit lint clean loadtest bench evaluate soak
+.PHONY: install system-deps repository demo serve test test-unit lint clean loadtest bench evaluate soak
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(STAMP)
 
@@ -16,6 +17,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+# The tests start their own redis-server (account state shared by several gateways).
+system-deps:
+	@command -v redis-server >/dev/null || { echo "installing redis-server (apt-get)"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q redis-server; }
 
 # Train the victim and SAME's reconstructor, export ONNX, calibrate, write model_repository/.
 repository: $(STAMP)
@@ -46,12 +52,16 @@ bench: $(STAMP)
 	$(PY) -m same_defense.load.bench $(BENCH_ARGS)
 
 # Every extraction attack (4,000 queries each) against every defense, probabilities and labels
-# only; reports/evaluation.{json,md} + plots; 17-20 min on 2 shared cores.
-# EVALUATE_ARGS="--quick" for a smoke run (see --help).
+# only; reports/evaluation.{json,md} + plots; 17-20 min on 2 shared cores. Then the
+# account-level defense (one thief account, 10/40/100 Sybil accounts, 1,000 honest accounts):
+# reports/accounts.{json,md} + plot; and the shadow recipes' per-query AUROC:
+# reports/recipes.json. EVALUATE_ARGS="--quick" / ACCOUNTS_ARGS="--quick" for smoke runs.
 evaluate: $(STAMP)
 	$(PY) -m same_defense.evaluation.run $(EVALUATE_ARGS)
+	$(PY) -m same_defense.evaluation.accounts $(ACCOUNTS_ARGS)
+	$(PY) -m same_defense.evaluation.recipes
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
 test-unit: $(STAMP)

@@ -84,6 +84,11 @@ def _add_arguments(parser) -> None:
     group.add_argument("--think-min", type=float, default=float(_env("THINK_MIN", "0.5")))
     group.add_argument("--think-max", type=float, default=float(_env("THINK_MAX", "1.5")))
     group.add_argument(
+        "--keys-file", default=_env("KEYS", ""),
+        help="JSON {benign|synthetic|proxy: [API keys]} for the gateway: each user takes the "
+        "next key of its class (its account); without it no key is sent (Triton directly)",
+    )  # fmt: skip
+    group.add_argument(
         "--request-timeout", type=float, default=float(_env("REQUEST_TIMEOUT", "60")),
         help="seconds before a request counts as failed",
     )  # fmt: skip
@@ -93,6 +98,19 @@ class Data:
     """Images shared by every simulated user of this process (loaded once, in ``init``)."""
 
     arrays: dict[str, np.ndarray] = {}
+    keys: dict[str, list[str]] = {}
+    handed_out: dict[str, int] = {}
+
+
+def _next_key(kind: str) -> str | None:
+    """The next API key of a user class, round robin: users of a class share accounts once
+    there are more users than keys."""
+    keys = Data.keys.get(kind) or []
+    if not keys:
+        return None
+    i = Data.handed_out.get(kind, 0)
+    Data.handed_out[kind] = i + 1
+    return keys[i % len(keys)]
 
 
 def _load_data(data_file: str, repository: str) -> dict[str, np.ndarray]:
@@ -127,6 +145,8 @@ def _on_init(environment, **_kwargs) -> None:
         # run, but a worker that blocks misses heartbeats and its master drops it, so
         # --processes and master/worker runs should pass --data-file (see loadtest/README.md).
         Data.arrays = _load_data(options.data_file, options.repository)
+        if options.keys_file:
+            Data.keys = json.loads(Path(options.keys_file).read_text())
 
 
 class TritonUser(User):
@@ -134,6 +154,7 @@ class TritonUser(User):
 
     abstract = True
     request_name = ""
+    kind = ""  # key class in --keys-file
 
     def on_start(self) -> None:
         if not Data.arrays:  # no init event (used as a library)
@@ -143,6 +164,8 @@ class TritonUser(User):
         self.model = options.target_model if options else "same"
         self.timeout_s = options.request_timeout if options else 60.0
         self.client = grpcclient.InferenceServerClient(host)
+        key = _next_key(self.kind)
+        self.headers = {"authorization": f"Bearer {key}"} if key else None
         self.rng = random.Random()
 
     def on_stop(self) -> None:
@@ -158,7 +181,7 @@ class TritonUser(User):
             tensor = grpcclient.InferInput("IMAGE", list(batch.shape), "FP32")
             tensor.set_data_from_numpy(batch)
             result = self.client.infer(
-                self.model, [tensor], client_timeout=self.timeout_s
+                self.model, [tensor], client_timeout=self.timeout_s, headers=self.headers
             ).get_response()
             size = sum(len(raw) for raw in result.raw_output_contents)
             rows = result.outputs[0].shape[0] if result.outputs else -1
@@ -185,6 +208,7 @@ class BenignUser(TritonUser):
 
     weight = 8
     request_name = BENIGN
+    kind = "benign"
 
     def wait_time(self) -> float:
         options = self.environment.parsed_options
@@ -216,6 +240,7 @@ class _Attacker(TritonUser):
 class SyntheticAttacker(_Attacker):
     weight = 1
     request_name = SYNTHETIC
+    kind = "synthetic"
 
     def pool(self) -> np.ndarray:
         return Data.arrays["synthetic"]
@@ -224,6 +249,7 @@ class SyntheticAttacker(_Attacker):
 class ProxyAttacker(_Attacker):
     weight = 1
     request_name = PROXY
+    kind = "proxy"
 
     def pool(self) -> np.ndarray:
         return Data.arrays["proxy"]

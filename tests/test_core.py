@@ -108,7 +108,7 @@ def test_max_softmax_gate_opens_below_tau_only():
 def test_mix_misinformation_interpolates_to_the_misinformation_target():
     h = np.array([0.0, 1.0, 0.5])
     mixed = mix_misinformation(PROBS, h)
-    target = misinformation_target(PROBS)
+    target = misinformation_target(np.log(PROBS))
     np.testing.assert_allclose(mixed[0], PROBS[0], rtol=1e-6)
     np.testing.assert_allclose(mixed[1], target[1])
     np.testing.assert_allclose(mixed[2], 0.5 * PROBS[2] + 0.5 * target[2], rtol=1e-6)

@@ -9,9 +9,11 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from same_defense.accounts import KeyStore
 from same_defense.client import SameClient, SameClientError
 from same_defense.data import make_query_set
 from same_defense.gateway.deployment import ProtectedService
+from same_defense.gateway.options import AccountOptions
 from same_defense.serving.embedded import free_port
 
 from .conftest import PROJECT_ROOT
@@ -20,18 +22,30 @@ pytestmark = pytest.mark.server
 SHAPE = (1, 28, 28)
 
 
+KEY: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def protected(tiny_repository, tmp_path_factory):
+    work = tmp_path_factory.mktemp("gw")
+    keys = work / "keys.json"
+    KEY["authorization"] = "Bearer " + KeyStore(keys).add("tester")
     service = ProtectedService(
-        tiny_repository, public_port=free_port(), http_port=free_port(),
-        metrics_port=free_port(), log_file=tmp_path_factory.mktemp("gw") / "triton.log",
+        tiny_repository,
+        public_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        log_file=work / "triton.log",
         workdir=PROJECT_ROOT / ".triton",
-    ).start(timeout=120)  # fmt: skip
-    yield service
+        accounts=AccountOptions(keys_file=keys),
+    ).start(timeout=120)
+    with pytest.MonkeyPatch.context() as env:  # SameClient reads its key from here
+        env.setenv("SAME_API_KEY", KEY["authorization"].split()[1])
+        yield service
     service.stop()
 
 
-def _infer(url: str, model: str, x: np.ndarray, headers=None):
+def _infer(url: str, model: str, x: np.ndarray, headers=KEY):
     with grpcclient.InferenceServerClient(url) as client:
         tensor = grpcclient.InferInput("IMAGE", list(x.shape), "FP32")
         tensor.set_data_from_numpy(x)
@@ -59,19 +73,19 @@ def test_raw_models_are_refused_from_the_public_side(protected, model):
 @pytest.mark.parametrize(
     "call",
     [
-        lambda c: c.get_model_repository_index(),
-        lambda c: c.unload_model("same"),
-        lambda c: c.load_model("victim"),
-        lambda c: c.get_inference_statistics(),
-        lambda c: c.register_system_shared_memory("r", "/k", 16),
-        lambda c: c.get_model_metadata("victim"),
-        lambda c: c.get_model_config("reconstructor"),
+        lambda c, h: c.get_model_repository_index(headers=h),
+        lambda c, h: c.unload_model("same", headers=h),
+        lambda c, h: c.load_model("victim", headers=h),
+        lambda c, h: c.get_inference_statistics(headers=h),
+        lambda c, h: c.register_system_shared_memory("r", "/k", 16, headers=h),
+        lambda c, h: c.get_model_metadata("victim", headers=h),
+        lambda c, h: c.get_model_config("reconstructor", headers=h),
     ],
 )
 def test_control_and_other_models_metadata_are_refused(protected, call):
     with grpcclient.InferenceServerClient(protected.public_url) as client:
         with pytest.raises(InferenceServerException) as caught:
-            call(client)
+            call(client, KEY)
     assert caught.value.status() == "StatusCode.PERMISSION_DENIED"
     with SameClient(protected.public_url) as client:  # and `same` still answers
         assert client.classify(np.zeros((1, *SHAPE), np.float32)).labels.shape == (1,)

@@ -211,3 +211,5 @@ def test_tiny_bench_writes_the_expected_keys(server, tiny_repository, tmp_path, 
     assert report["saturation"]["1"]["same/victim"] > 0
     assert "gap_wall" in report["saturation"]["4"] and "peak" in report["saturation"]
     assert set(report["goals"]["1"]) >= {"throughput_goal_met", "p99_goal_met"}
+    assert "p50" in report["added_latency_ms"]["account_layer"]["1"]["1"]
+    assert report["ratios"]["gateway_same/same"]["4"]["2"]["throughput"] > 0

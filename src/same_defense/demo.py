@@ -1,13 +1,17 @@
 """``make demo``: build (if needed), serve, query benign and attack-like sets, report.
 
-Everything the summary says about flags comes from the server's own Prometheus counters;
-accuracies compare the answers clients received with the true labels.
+Each caller has its own account (keys provisioned in a temporary key file): one honest user
+sends the test split, and one thief per attack-like set sends that set. Everything the summary
+says about per-query flags comes from the server's own Prometheus counters, what it says about
+accounts from the gateway's account state; accuracies compare the answers clients received
+with the true labels.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,11 +19,13 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from .accounts import KeyStore
 from .client import SameClient
 from .data import QUERY_SOURCES, load_dataset, make_query_set, split_dataset
 from .export.build import main as build_main
 from .export.repository import read_manifest, refresh_defense_code
 from .gateway.deployment import ProtectedService
+from .gateway.options import AccountOptions
 from .serving.embedded import free_port
 from .serving.metrics import read_defense_counters
 
@@ -51,33 +57,50 @@ def main(argv: list[str] | None = None) -> int:
     shape = tuple(manifest["input_shape"])
 
     t = time.perf_counter()
-    # The default deployment: Triton on loopback behind the gateway that exposes only `same`.
+    keys_dir = tempfile.TemporaryDirectory(prefix="same-demo-keys-")
+    keys = KeyStore(Path(keys_dir.name) / "keys.json")
+    callers = ["honest", *(f"thief-{source}" for source in QUERY_SOURCES)]
+    key = {name: keys.add(name) for name in callers}
+    # The default deployment: Triton on loopback behind the gateway that exposes only `same`
+    # to callers with a key, with the account-level defense in the gateway's memory.
     service = ProtectedService(
         args.repository,
         public_port=free_port(),
         http_port=free_port(),
         metrics_port=free_port(),
         log_file=args.log_file,
+        accounts=AccountOptions(keys_file=keys.path),
     )
-    with service:
+    with keys_dir, service:
         timings["server_start_s"] = round(time.perf_counter() - t, 1)
         print(f"== serving `same` on {service.public_url} (log {args.log_file})", flush=True)
         t = time.perf_counter()
-        with SameClient(service.public_url) as client:
-            victim_refused = public_victim_refused(service.public_url, shape)
+        victim_refused = public_victim_refused(service.public_url, shape, key["honest"])
+        no_key_refused = unauthenticated_refused(service.public_url, shape)
+        with SameClient(service.public_url, api_key=key["honest"]) as client:
             before = read_defense_counters(service.metrics_url)
             benign = client.classify(splits.test.images, batch_size=64)
             benign_counts = read_defense_counters(service.metrics_url) - before
-            attack_rates = {}
-            for source in QUERY_SOURCES:
-                queries = make_query_set(source, args.queries, shape, seed=1)
+        attack_rates, thieves = {}, {}
+        for source in QUERY_SOURCES:
+            queries = make_query_set(source, args.queries, shape, seed=1)
+            with SameClient(service.public_url, api_key=key[f"thief-{source}"]) as client:
                 before = read_defense_counters(service.metrics_url)
-                client.classify(queries, batch_size=64)
+                client.classify(queries, batch_size=16)
                 counts = read_defense_counters(service.metrics_url) - before
-                attack_rates[source] = round(counts.flag_rate, 4)
+            attack_rates[source] = round(counts.flag_rate, 4)
+        accounts = service.gateway.accounts
+        states = {name: accounts.store.get(name) for name in callers} if accounts else {}
         timings["queries_s"] = round(time.perf_counter() - t, 1)
 
     served_accuracy = float((benign.labels == splits.test.labels).mean())
+    for name, state in states.items():
+        thieves[name] = {
+            "queries": state.queries,
+            "suspected": state.suspected_at_query > 0,
+            "suspected_after_queries": state.suspected_at_query or None,
+            "exceedances": state.exceedances,
+        }
     report = {
         "victim_test_accuracy": manifest["victim_test_accuracy"],
         "served_benign_accuracy": round(served_accuracy, 4),
@@ -87,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         "target_fpr": manifest["target_fpr"],
         "policy": read_policy(args.repository),
         "public_victim_call_refused": victim_refused,
+        "call_without_key_refused": no_key_refused,
+        "accounts": thieves,
         "benign_queries": len(splits.test),
         "queries_per_attack_set": args.queries,
         "timings": timings,
@@ -98,16 +123,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def public_victim_refused(url: str, shape: tuple[int, ...]) -> bool:
-    """Does the public endpoint refuse a direct call to the raw victim? (It must.)"""
-    with grpcclient.InferenceServerClient(url) as thief:
+def _refused(url: str, model: str, shape: tuple[int, ...], key: str | None, status: str) -> bool:
+    with grpcclient.InferenceServerClient(url) as caller:
         image = grpcclient.InferInput("IMAGE", [1, *shape], "FP32")
         image.set_data_from_numpy(np.zeros((1, *shape), np.float32))
+        headers = {"authorization": f"Bearer {key}"} if key else None
         try:
-            thief.infer("victim", [image])
+            caller.infer(model, [image], headers=headers)
         except InferenceServerException as exc:
-            return "PERMISSION_DENIED" in str(exc.status())
+            return status in str(exc.status())
     return False
+
+
+def public_victim_refused(url: str, shape: tuple[int, ...], key: str) -> bool:
+    """Does the public endpoint refuse a keyed call to the raw victim? (It must.)"""
+    return _refused(url, "victim", shape, key, "PERMISSION_DENIED")
+
+
+def unauthenticated_refused(url: str, shape: tuple[int, ...]) -> bool:
+    """Does the public endpoint refuse `same` to a caller without a key? (It must.)"""
+    return _refused(url, "same", shape, None, "UNAUTHENTICATED")
 
 
 def read_policy(repository: Path) -> str:
@@ -128,6 +163,14 @@ def print_summary(report: dict) -> None:
     )
     for source, rate in report["attack_flag_rate"].items():
         print(f"   flag rate {source:<14}  {rate:.4f}")
+    print("   accounts (account-level test on each caller's SAME scores):")
+    for name, a in report["accounts"].items():
+        verdict = (
+            f"suspected after {a['suspected_after_queries']} distinct queries"
+            if a["suspected"]
+            else "not suspected"
+        )
+        print(f"     {name:<20} {a['queries']:5d} queries, {verdict}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 
 Runs in any Triton with numpy (the NGC container or the embedded server). The logic lives in
 ``same_core`` beside this file: a verbatim copy of ``same_defense.core`` written by the export
-step, the same code that offline evaluation runs. The score and the flag never leave the server;
-they are only counted in Prometheus metrics on Triton's metrics port.
+step, the same code that offline evaluation runs. The score and the flag never reach a client:
+they are counted in Prometheus metrics, and the class-conditional p-value of each score goes
+out as the internal ``ACCOUNT_PVALUE`` output, which only the gateway may request (it strips
+it and feeds the account-level test). A request that carries the parameter
+``same_account_state: suspected`` (set by the gateway alone) is answered with the policy for
+every query, whatever its own score.
 """
 
 import json
@@ -16,7 +20,10 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from same_core import (  # noqa: E402  (needs the path above)
+    ACCOUNT_OUTPUT,
+    ACCOUNT_PARAMETER,
     MANIFEST_NAME,
+    SUSPECTED,
     DefenseSettings,
     defend,
     describe_problems,
@@ -28,6 +35,13 @@ from same_core import (  # noqa: E402  (needs the path above)
 INPUTS = ("LOGITS", "RECON_ERROR", "SHADOW_LOGITS", "INPUT_STATS")
 # Score histogram buckets as multiples of the calibrated threshold (1.0 = the flag line).
 BUCKETS_X_THRESHOLD = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0, 16.0, 64.0)
+
+
+def _is_suspected(request) -> bool:
+    try:
+        return json.loads(request.parameters() or "{}").get(ACCOUNT_PARAMETER) == SUSPECTED
+    except (ValueError, AttributeError):
+        return False
 
 
 class TritonPythonModel:
@@ -45,31 +59,37 @@ class TritonPythonModel:
         self._init_metrics(config["name"])
         pb_utils.Logger.log_info(
             f"SAME defense: policy={policy} threshold={self.settings.threshold:.6g} "
-            f"alpha={self.settings.alpha}"
+            f"alpha={self.settings.alpha} account_reference={bool(self.settings.reference)}"
         )
+
+    def _counter(self, name, description, labels):
+        family = pb_utils.MetricFamily(
+            name=name, description=description, kind=pb_utils.MetricFamily.COUNTER
+        )
+        self._families.append(family)  # families must outlive their metrics
+        return family.Metric(labels=labels)
 
     def _init_metrics(self, model_name):
         labels = {"model": model_name, "policy": self.settings.policy}
-        scored = pb_utils.MetricFamily(
-            name="same_queries_scored_total",
-            description="Queries scored by the SAME defense step",
-            kind=pb_utils.MetricFamily.COUNTER,
+        self._families = []
+        self.scored = self._counter(
+            "same_queries_scored_total", "Queries scored by the SAME defense step", labels
         )
-        flagged = pb_utils.MetricFamily(
-            name="same_queries_flagged_total",
-            description="Queries whose SAME score exceeded the calibrated threshold",
-            kind=pb_utils.MetricFamily.COUNTER,
+        self.flagged = self._counter(
+            "same_queries_flagged_total",
+            "Queries whose SAME score exceeded the calibrated threshold",
+            labels,
         )
-        rejected = pb_utils.MetricFamily(
-            name="same_requests_invalid_total",
-            description="Requests refused for invalid input (NaN/Inf or out-of-range pixels)",
-            kind=pb_utils.MetricFamily.COUNTER,
+        self.invalid = self._counter(
+            "same_requests_invalid_total",
+            "Requests refused for invalid input (NaN/Inf or out-of-range pixels)",
+            labels,
         )
-        # The families must outlive their metrics: keep references on the instance.
-        self._families = [scored, flagged, rejected]
-        self.scored = scored.Metric(labels=labels)
-        self.flagged = flagged.Metric(labels=labels)
-        self.invalid = rejected.Metric(labels=labels)
+        self.forced = self._counter(
+            "same_queries_suspected_account_total",
+            "Queries from accounts under suspicion, all answered with the policy",
+            labels,
+        )
         buckets = [b * self.settings.threshold for b in BUCKETS_X_THRESHOLD]
         score = pb_utils.MetricFamily(
             name="same_score",
@@ -79,39 +99,54 @@ class TritonPythonModel:
         self._families.append(score)
         self.score_histogram = score.Metric(labels=labels, buckets=buckets)
 
+    def _invalid(self, problems):
+        self.invalid.increment(1)
+        return pb_utils.InferenceResponse(
+            error=pb_utils.TritonError(
+                describe_problems(problems), pb_utils.TritonError.INVALID_ARG
+            )
+        )
+
     def execute(self, requests):
-        # Dynamic batching hands over several requests: score them in one vectorised call.
-        arrays, sizes, responses = [], [], [None] * len(requests)
+        # Dynamic batching hands over several requests: score them in one vectorised call per
+        # account state (normal, suspected).
+        responses = [None] * len(requests)
+        groups = {False: [], True: []}
         for i, request in enumerate(requests):
             tensors = [pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in INPUTS]
             problems = find_input_problems(tensors[3])
             if problems:
-                self.invalid.increment(1)
-                responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(
-                        describe_problems(problems), pb_utils.TritonError.INVALID_ARG
-                    )
-                )
+                responses[i] = self._invalid(problems)
                 continue
-            arrays.append(tensors)
-            sizes.append((i, len(tensors[0])))
-        if arrays:
-            logits, error, shadow, _ = (
-                np.concatenate(parts) for parts in zip(*arrays, strict=True)
-            )
-            decision = defend(logits, error, shadow, self.settings)
-            # Each metric call is a round trip to the server process (about 0.5 ms of wall
-            # time on the loaded 2-core machine): skip the ones that would add nothing.
-            self.scored.increment(len(decision.scores))
-            flagged = int(decision.flagged.sum())
-            if flagged:
-                self.flagged.increment(flagged)
-            for s in decision.scores:
-                self.score_histogram.observe(float(s))
-            start = 0
-            for i, n in sizes:
-                probs = pb_utils.Tensor("PROBS", decision.probs[start : start + n])
-                labels = pb_utils.Tensor("LABEL", decision.labels[start : start + n, None])
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[probs, labels])
-                start += n
+            groups[_is_suspected(request)].append((i, tensors))
+        for force, members in groups.items():
+            if members:
+                self._answer(members, force, responses)
         return responses
+
+    def _answer(self, members, force, responses):
+        logits, error, shadow, _ = (
+            np.concatenate(parts) for parts in zip(*(t for _, t in members), strict=True)
+        )
+        decision = defend(logits, error, shadow, self.settings, force=force)
+        # Each metric call is a round trip to the server process (about 0.5 ms of wall time
+        # on the loaded 2-core machine): skip the ones that would add nothing.
+        self.scored.increment(len(decision.scores))
+        flagged = int(decision.flagged.sum())
+        if flagged:
+            self.flagged.increment(flagged)
+        if force:
+            self.forced.increment(len(decision.scores))
+        for s in decision.scores:
+            self.score_histogram.observe(float(s))
+        pvalues = decision.pvalues.astype(np.float32)[:, None]
+        start = 0
+        for i, tensors in members:
+            end = start + len(tensors[0])
+            outputs = [
+                pb_utils.Tensor("PROBS", decision.probs[start:end]),
+                pb_utils.Tensor("LABEL", decision.labels[start:end, None]),
+                pb_utils.Tensor(ACCOUNT_OUTPUT, pvalues[start:end]),
+            ]
+            responses[i] = pb_utils.InferenceResponse(output_tensors=outputs)
+            start = end

@@ -55,6 +55,13 @@ class Generator(nn.Module):
         return torch.sigmoid(self.body(x))
 
 
+STUDENT_MAX_GRAD_NORM = 5.0
+
+
+def _finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
 def _logits(targets: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Recover centred logits from probabilities: ``log p - mean(log p)``."""
     t = torch.as_tensor(targets, dtype=torch.float32)
@@ -158,14 +165,26 @@ class Dfme:
                 s_loss = F.l1_loss(student, self._victim_logits(answer, output_type))
                 opt_s.zero_grad()
                 s_loss.backward()
+                # SGD at lr 0.05 on an L1 of recovered logits can blow up on a few unlucky
+                # batches (seen as a NaN clone on some CPUs): bound the step.
+                nn.utils.clip_grad_norm_(clone.parameters(), STUDENT_MAX_GRAD_NORM)
                 opt_s.step()
             if evaluate is not None:
                 curve.append((oracle.queries_used, evaluate(clone)))
         clone.eval()
         images = np.concatenate(seen) if seen else np.zeros((0, *self.shape), np.float32)
+        if not _finite(clone):  # diverged anyway: what was bought is still worth a clone
+            clone = trainer.new_model()
+            info_diverged = True
+        else:
+            info_diverged = False
         if self.replay and len(images):
             clone = trainer.fit_answers(images, answers, output_type, model=clone)
             if evaluate is not None:
                 curve.append((len(images), evaluate(clone)))
-        info = {"generator_steps": generator_steps, "replay": self.replay}
+        info = {
+            "generator_steps": generator_steps,
+            "replay": self.replay,
+            "diverged": info_diverged,
+        }
         return AttackResult(self.name, output_type, clone, len(images), curve, info)

@@ -140,12 +140,13 @@ class GrpcOracle(_Accounting):
         batch_size: int = 64,
         model: str = "same",
         record: bool = True,
+        api_key: str | None = None,
     ) -> None:
         from ..client import SameClient  # tritonclient only where the live endpoint is used
 
         super().__init__(budget, record)
         self.batch_size = batch_size
-        self.client = SameClient(url, model=model)
+        self.client = SameClient(url, model=model, api_key=api_key)
 
     def _answer(self, images: np.ndarray) -> Answer:
         prediction = self.client.classify(images, batch_size=self.batch_size)

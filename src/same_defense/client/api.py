@@ -6,6 +6,7 @@ says what to do, never a raw gRPC traceback.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 DEFAULT_URL = "127.0.0.1:8001"
+# The public endpoint (the gateway) wants an API key; SameClient reads it from here by default.
+API_KEY_ENV = "SAME_API_KEY"
 
 
 class SameClientError(RuntimeError):
@@ -35,6 +38,8 @@ def _explain(exc: InferenceServerException, url: str, model: str) -> str:
         or "connection refused" in text.lower()
     ):
         return f"cannot reach Triton at {url}: is the server running? (`make serve`)"
+    if "UNAUTHENTICATED" in status:
+        return f"{url} refused the API key: {text} (set {API_KEY_ENV} or pass api_key)"
     if "DEADLINE_EXCEEDED" in status:
         return f"request to {url} timed out"
     if "unknown model" in text.lower() or "is not found" in text.lower():
@@ -59,8 +64,12 @@ class SameClient:
         timeout_s: float = 60.0,
         retries: int = 3,
         backoff_s: float = 0.5,
+        api_key: str | None = None,
     ) -> None:
-        """Transient failures (server unreachable or restarting, a crashed backend process
+        """``api_key`` (default: the ``SAME_API_KEY`` environment variable) is sent as
+        ``authorization: Bearer <key>`` on every call; Triton itself ignores it.
+
+        Transient failures (server unreachable or restarting, a crashed backend process
         being restarted) are retried ``retries`` times after ``backoff_s``, doubling each time.
         Every call this client makes is a read or an inference, so repeating one is safe."""
         self.url = url
@@ -69,6 +78,8 @@ class SameClient:
         self.retries = retries
         self.backoff_s = backoff_s
         self.retried = 0  # retries made so far, for callers that report them
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        self._headers = {"authorization": f"Bearer {key}"} if key else None
         self._client = grpcclient.InferenceServerClient(url)
         self._max_batch: int | None = None
         self._input_shape: tuple[int, ...] | None = None
@@ -83,6 +94,8 @@ class SameClient:
         self._client.close()
 
     def _call(self, fn, *args, **kwargs):
+        if self._headers:
+            kwargs["headers"] = self._headers
         delay = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
@@ -160,7 +173,9 @@ class SameClient:
         report["live"] = self._call(self._client.is_server_live)
         report["ready"] = self._call(self._client.is_server_ready)
         try:
-            index = self._client.get_model_repository_index(as_json=True).get("models", [])
+            index = self._client.get_model_repository_index(
+                as_json=True, headers=self._headers
+            ).get("models", [])
             report["models"] = {
                 m["name"]: {"state": m.get("state", "UNKNOWN"), "reason": m.get("reason", "")}
                 for m in index
@@ -180,7 +195,7 @@ class SameClient:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                if self._client.is_model_ready(self.model):
+                if self._client.is_model_ready(self.model, headers=self._headers):
                     return
             except InferenceServerException:
                 pass

@@ -51,7 +51,7 @@ def load_inputs(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    with SameClient(args.url, args.model) as client:
+    with SameClient(args.url, args.model, api_key=args.api_key) as client:
         shape = client.input_shape
         rows = []
         for path in args.files:
@@ -79,7 +79,7 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    with SameClient(args.url, args.model) as client:
+    with SameClient(args.url, args.model, api_key=args.api_key) as client:
         report = client.health()
     if args.json:
         print(json.dumps(report, indent=2))
@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--url", default=DEFAULT_URL, help="Triton gRPC address host:port")
     parser.add_argument("--model", default="same", help="model to call")
+    parser.add_argument(
+        "--api-key", help="API key for the gateway (default: the SAME_API_KEY environment variable)"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True)
     classify = sub.add_parser("classify", help="classify image files or .npy arrays")

@@ -6,7 +6,18 @@ step runs it in any Triton (the NGC container has numpy, not this project). Offl
 imports the very same files from here, so the served and the evaluated defense cannot drift.
 """
 
-from .decision import Decision, DefenseSettings, defend
+from .accounts import (
+    ACCOUNT_OUTPUT,
+    ACCOUNT_PARAMETER,
+    SUSPECTED,
+    AccountSettings,
+    AccountState,
+    clear_suspicion,
+    reference_from_manifest,
+    score_pvalues,
+    update_state,
+)
+from .decision import DEFAULT_ALPHA, DEFAULT_POLICY, Decision, DefenseSettings, defend
 from .manifest import (
     MANIFEST_NAME,
     ManifestError,
@@ -18,6 +29,17 @@ from .score import kl_divergence, same_score, softmax
 from .validation import InputProblem, describe_problems, find_input_problems
 
 __all__ = [
+    "ACCOUNT_OUTPUT",
+    "ACCOUNT_PARAMETER",
+    "SUSPECTED",
+    "DEFAULT_ALPHA",
+    "DEFAULT_POLICY",
+    "AccountSettings",
+    "AccountState",
+    "clear_suspicion",
+    "reference_from_manifest",
+    "score_pvalues",
+    "update_state",
     "MANIFEST_NAME",
     "POLICY_NAMES",
     "Decision",

@@ -1,4 +1,4 @@
-"""One call from the graphs' outputs to the answer: validate, score, flag, respond.
+"""One call from the graphs' outputs to the answer: score, flag, respond, rank for accounts.
 
 The Triton defense step and the in-process pipeline both call :func:`defend`.
 """
@@ -9,16 +9,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .accounts import score_pvalues
 from .policies import POLICY_NAMES, PolicyParams, apply_policy
 from .score import same_score, softmax
+
+# Default served policy and SAME weight, defined once (the build and the configs use these).
+DEFAULT_POLICY = "misinformation"
+DEFAULT_ALPHA = 0.99
 
 
 @dataclass(frozen=True)
 class DefenseSettings:
     threshold: float
-    alpha: float = 0.99
-    policy: str = "misinformation"
+    alpha: float = DEFAULT_ALPHA
+    policy: str = DEFAULT_POLICY
     params: PolicyParams = field(default_factory=PolicyParams)
+    # Calibration scores per predicted class (sorted), for the account-level p-values.
+    reference: tuple[np.ndarray, ...] = ()
 
     def __post_init__(self) -> None:
         if self.policy not in POLICY_NAMES:
@@ -36,6 +43,8 @@ class Decision:
     scores: np.ndarray  # float64 [N], stays on the server
     flagged: np.ndarray  # bool [N], stays on the server
     true_probs: np.ndarray  # float32 [N, C], the victim's real answer
+    # float64 [N], class-conditional p-values for the account test; stays on the server
+    pvalues: np.ndarray | None = None
 
 
 def defend(
@@ -43,10 +52,25 @@ def defend(
     recon_error: np.ndarray,
     shadow_logits: np.ndarray,
     settings: DefenseSettings,
+    force: bool = False,
 ) -> Decision:
+    """Score each query and answer it; ``force`` answers every query with the policy (an
+    account under suspicion), whatever its own score."""
     scores = same_score(recon_error, victim_logits, shadow_logits, settings.alpha)
     true_probs = softmax(victim_logits)
     probs, labels = apply_policy(
-        settings.policy, true_probs, scores, settings.threshold, settings.params
+        settings.policy,
+        true_probs,
+        scores,
+        settings.threshold,
+        settings.params,
+        logits=victim_logits,
+        force=force,
     )
-    return Decision(probs, labels, scores, scores > settings.threshold, true_probs)
+    predicted = np.asarray(victim_logits).argmax(axis=1)
+    pvalues = (
+        score_pvalues(scores, predicted, list(settings.reference))
+        if settings.reference
+        else np.ones(len(scores))
+    )
+    return Decision(probs, labels, scores, scores > settings.threshold, true_probs, pvalues)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 
+from .accounts import reference_from_manifest
 from .decision import DefenseSettings
 from .policies import PolicyParams
 
@@ -50,15 +51,33 @@ def load_verified_manifest(repository_root: str, manifest_path: str) -> dict:
 def settings_from_manifest(
     manifest: dict, policy: str, overrides: dict[str, str] | None = None
 ) -> DefenseSettings:
-    """Build :class:`DefenseSettings`; ``overrides`` are string parameters from a config."""
+    """Build :class:`DefenseSettings`; ``overrides`` are string parameters from a config.
+
+    An ``alpha`` other than the calibrated one is refused: the threshold and the account
+    references were calibrated for the manifest's ``alpha`` and would silently be wrong.
+    """
     overrides = overrides or {}
-    params = PolicyParams(
-        **{
+    try:
+        numbers = {
             name: float(overrides[name])
             for name in ("beta", "gamma", "nu", "margin")
             if name in overrides
         }
+        params = PolicyParams(
+            **numbers, **({"target": overrides["target"]} if "target" in overrides else {})
+        )
+        threshold = float(overrides.get("threshold", manifest["threshold"]))
+        alpha = float(overrides.get("alpha", manifest["alpha"]))
+    except ValueError as exc:
+        raise ManifestError(f"bad defense parameter in config.pbtxt: {exc}") from None
+    if abs(alpha - float(manifest["alpha"])) > 1e-12:
+        raise ManifestError(
+            f"alpha {alpha} in config.pbtxt differs from the calibrated alpha "
+            f"{manifest['alpha']}: the threshold and account references hold for the latter. "
+            f"Recalibrate with `same-build --recalibrate --alpha {alpha}` instead."
+        )
+    accounts = reference_from_manifest(manifest)
+    reference = tuple(accounts[0]) if accounts else ()
+    return DefenseSettings(
+        threshold=threshold, alpha=alpha, policy=policy, params=params, reference=reference
     )
-    threshold = float(overrides.get("threshold", manifest["threshold"]))
-    alpha = float(overrides.get("alpha", manifest["alpha"]))
-    return DefenseSettings(threshold=threshold, alpha=alpha, policy=policy, params=params)

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 POLICY_NAMES = ("monitor", "reject", "top1", "reverse_sigmoid", "misinformation")
+# What a misinformed answer points to: "inverse" (mass ~ 1/p over the wrong classes, the
+# least likely class first) or "shifted" (one-hot of predicted class + 1: consistent).
+MISINFORMATION_TARGETS = ("inverse", "shifted")
 
 # LABEL returned for a rejected query: no class at all.
 REJECTED_LABEL = -1
@@ -33,6 +36,18 @@ class PolicyParams:
     # over the threshold (the calibrated false positives) keep their true label: measured on
     # MNIST, 1.0 cost benign users 1.1 points of accuracy, 1.25 cost 0.13.
     margin: float = 1.25
+    target: str = "inverse"
+
+    def __post_init__(self) -> None:
+        for name in ("beta", "gamma", "nu", "margin"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value <= 0:
+                raise ValueError(f"policy parameter {name} must be a positive number, got {value}")
+        if self.target not in MISINFORMATION_TARGETS:
+            raise ValueError(
+                f"misinformation target must be one of {', '.join(MISINFORMATION_TARGETS)}, "
+                f"got {self.target!r}"
+            )
 
 
 def _normalize(p: np.ndarray) -> np.ndarray:
@@ -52,16 +67,21 @@ def reverse_sigmoid(probs: np.ndarray, beta: float, gamma: float) -> np.ndarray:
     return _normalize(np.clip(p - r, 0.0, 1.0))
 
 
-def misinformation_target(probs: np.ndarray) -> np.ndarray:
-    """A distribution that avoids the predicted class: mass on the least likely classes.
+def misinformation_target(logits: np.ndarray) -> np.ndarray:
+    """A distribution over the wrong classes: ``y_mis ~ 1 / p``, the least likely class first.
 
-    ``y_mis ~ 1 / p`` over the non-top classes (the softmax of the negated logits), so the
-    wrong answer is deterministic per query: repeating a query cannot average it away.
+    Computed in float64 from the logits (``1 / p_j ~ exp(-z_j)``): clipping float32
+    probabilities instead gave every wrong class of a confident answer the same mass, so the
+    mixed answer changed its label only for gates above about 0.9. Deterministic per query, so
+    repeating a query cannot average it away.
     """
-    p = np.clip(probs.astype(np.float64), 1e-6, 1.0)
-    inverse = 1.0 / p
-    inverse[np.arange(len(p)), p.argmax(axis=1)] = 0.0
-    return _normalize(inverse)
+    z = np.asarray(logits, dtype=np.float64)
+    top = z.argmax(axis=1)
+    neg = -z
+    neg[np.arange(len(z)), top] = -np.inf
+    neg -= neg.max(axis=1, keepdims=True)
+    weights = np.exp(neg)
+    return weights / weights.sum(axis=1, keepdims=True)
 
 
 def misinformation_gate(
@@ -78,12 +98,21 @@ def apply_policy(
     scores: np.ndarray,
     threshold: float,
     params: PolicyParams | None = None,
+    logits: np.ndarray | None = None,
+    force: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(probs_out float32 [N, C], labels int64 [N])`` for the named policy."""
+    """Return ``(probs_out float32 [N, C], labels int64 [N])`` for the named policy.
+
+    ``logits`` (the victim's, when known) make the misinformation target exact in float64;
+    without them it is derived from ``log(probs)``. ``force`` applies the policy to every
+    query whatever its score: the answer for an account under suspicion.
+    """
     params = params or PolicyParams()
     probs = np.asarray(probs, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    flagged = scores > threshold
+    flagged = np.ones(len(scores), bool) if force else scores > threshold
+    if logits is None:
+        logits = np.log(np.maximum(probs, np.finfo(np.float64).tiny))
     out = probs.copy()
     if policy == "monitor":
         pass
@@ -96,8 +125,16 @@ def apply_policy(
     elif policy == "reverse_sigmoid":
         out[flagged] = reverse_sigmoid(probs[flagged], params.beta, params.gamma)
     elif policy == "misinformation":
-        h = misinformation_gate(scores, threshold, params.nu, params.margin)
-        out = mix_misinformation(probs, h)
+        if force:
+            h = np.ones(len(scores))
+        else:
+            h = misinformation_gate(scores, threshold, params.nu, params.margin)
+        target = (
+            shifted_misinformation_target(probs)
+            if params.target == "shifted"
+            else misinformation_target(logits)
+        )
+        out = mix_misinformation(probs, h, target)
     else:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICY_NAMES)}")
     labels = out.argmax(axis=1).astype(np.int64)
@@ -116,17 +153,22 @@ def max_softmax_gate(probs: np.ndarray, tau: float, nu: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-nu * (tau - top)))
 
 
-def mix_misinformation(probs: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """``(1 - h) p + h y_mis`` per row, with ``y_mis`` from :func:`misinformation_target`."""
+def mix_misinformation(
+    probs: np.ndarray, h: np.ndarray, target: np.ndarray | None = None
+) -> np.ndarray:
+    """``(1 - h) p + h y_mis`` per row; ``y_mis`` defaults to :func:`misinformation_target`
+    of ``log(probs)``."""
     p = np.asarray(probs, dtype=np.float64)
+    if target is None:
+        target = misinformation_target(np.log(np.maximum(p, np.finfo(np.float64).tiny)))
     gate = np.asarray(h, dtype=np.float64).reshape(-1, 1)
-    return (1.0 - gate) * p + gate * misinformation_target(p)
+    return (1.0 - gate) * p + gate * target
 
 
 def shifted_misinformation_target(probs: np.ndarray, shift: int = 1) -> np.ndarray:
     """One-hot of ``(predicted class + shift) mod C``: a wrong answer that is *consistent*
     across queries (every flagged "3" answered "4"), which a thief cannot average out as
-    label noise. An evaluated alternative to :func:`misinformation_target`, not served."""
+    label noise. Served with ``target: "shifted"`` in the defense config."""
     p = np.asarray(probs, dtype=np.float64)
     out = np.zeros_like(p)
     out[np.arange(len(p)), (p.argmax(axis=1) + shift) % p.shape[1]] = 1.0

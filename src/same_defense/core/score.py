@@ -42,3 +42,14 @@ def same_score(
     num_classes = victim_logits.shape[1]
     kl = kl_divergence(victim_logits, shadow_logits)
     return alpha * mse + (1.0 - alpha) * kl / num_classes
+
+
+def rescaled_alpha(alpha: float, pixel_scale: float) -> float:
+    """The weight that keeps the score's meaning when pixels are scaled by ``pixel_scale``.
+
+    The authors' code scores pixels in [-1, 1] (scale 2 from [0, 1]), which multiplies the
+    reconstruction MSE by 4 and leaves the KL as it is: their ``a = 0.99`` on [-1, 1] equals
+    ``rescaled_alpha(0.99, 2) = 0.9975`` on this project's [0, 1] pixels.
+    """
+    weighted = alpha * pixel_scale**2
+    return weighted / (weighted + 1.0 - alpha)

@@ -109,17 +109,19 @@ class Defense:
             probs, labels = true_probs, true_probs.argmax(axis=1).astype(np.int64)
         elif self.kind == "all":
             every = np.full(len(true_probs), np.inf)
-            probs, labels = apply_policy(self.policy, true_probs, every, 0.0, s.params)
+            probs, labels = apply_policy(
+                self.policy, true_probs, every, 0.0, s.params, logits=out.logits
+            )
         elif self.kind == "am":
             h = max_softmax_gate(true_probs, self.tau, self.nu)
-            mixed = mix_misinformation(true_probs, h)
+            mixed = mix_misinformation(true_probs, h, misinformation_target(out.logits))
             probs, labels = mixed.astype(np.float32), mixed.argmax(axis=1).astype(np.int64)
         elif self.kind in ("consistent", "client"):
             h = misinformation_gate(scores, s.threshold, s.params.nu, s.params.margin)
             if self.kind == "consistent":
                 target = shifted_misinformation_target(true_probs)
             else:
-                target = misinformation_target(true_probs)
+                target = misinformation_target(out.logits)
                 client = client if client is not None else ClientState()
                 h = np.maximum(h, client.update(scores, self.client_threshold))
             mixed = (1.0 - h[:, None]) * true_probs + h[:, None] * target

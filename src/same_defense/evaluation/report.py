@@ -10,12 +10,14 @@ matplotlib.use("Agg")  # files only; no display on the build machine
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..core.score import rescaled_alpha  # noqa: E402
 from .metrics import roc_points  # noqa: E402
 
 DETECTOR_LABELS = {
     "same-a0.99": "SAME (a = 0.99, served)",
     "same-a1": "SAME, reconstruction only (a = 1)",
     "same-a0": "SAME, KL only (a = 0)",
+    f"same-a{rescaled_alpha(0.99, 2.0):g}": "SAME, authors' pixel scale (a = 0.99 on [-1, 1])",
     "same-client32": "SAME, mean of the client's last 32 (stateful)",
     "max-softmax": "max-softmax",
     "energy": "energy",

@@ -24,13 +24,16 @@ from pathlib import Path
 import numpy as np
 
 from ..attacks import OUTPUT_TYPES, CloneConfig, predict
+from ..core.decision import DEFAULT_ALPHA
+from ..core.score import rescaled_alpha
 from .metrics import answer_accuracy
 
 ATTACKS = ("knockoff-digits8x8", "knockoff-natural", "jbda", "dfme", "noise")
 EXTRA_ATTACKS = ("knockoff-digits8x8-adaptive", "knockoff-natural-adaptive")
 INDIST = "indist"  # the adaptive attacker with in-distribution data (its own section)
 CURVE_DEFENSES = ("none", "same-misinformation")
-ALPHAS = (0.99, 1.0, 0.0)  # served mix, reconstruction error only, KL only
+# Served mix, reconstruction error only, KL only, and the authors' a = 0.99 on [-1, 1] pixels.
+ALPHAS = (DEFAULT_ALPHA, 1.0, 0.0, rescaled_alpha(DEFAULT_ALPHA, 2.0))
 JBDA_SEEDS = 150
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core import softmax
-from ..core.score import same_score
+from ..core import DEFAULT_ALPHA, DEFAULT_POLICY, softmax
+from ..core.manifest import MANIFEST_NAME, load_verified_manifest
 from ..data import DATASET_CHOICES, load_dataset, split_dataset
 from ..models import (
     MAE_PRESETS,
@@ -24,7 +24,9 @@ from ..models import (
     ReconstructorGraph,
     build_classifier,
 )
+from ..serving.inprocess import GraphRunner
 from ..train import (
+    SHADOW_RECIPES,
     TrainConfig,
     evaluate_accuracy,
     predict_logits,
@@ -32,9 +34,9 @@ from ..train import (
     train_mae,
     train_shadow,
 )
-from .calibration import false_positive_rate, threshold_at_fpr
+from .calibration import calibrate
 from .onnx_export import RECONSTRUCTOR_IO, VICTIM_IO, export_onnx, max_abs_difference
-from .repository import ServingSettings, write_repository
+from .repository import ONNX_FILES, ServingSettings, refresh_defense_code, write_repository
 
 # Epochs per preset: (victim, MAE, shadow).
 EPOCHS = {"cpu": (12, 40, 12), "paper": (30, 500, 30), "tiny": (1, 1, 1)}
@@ -69,17 +71,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--victim-checkpoint", type=Path, help="load this victim state_dict instead of training"
     )
+    p.add_argument(
+        "--mae-checkpoint", type=Path, help="load this MAE state_dict instead of training"
+    )
+    p.add_argument(
+        "--shadow-recipe",
+        choices=SHADOW_RECIPES,
+        default="distill",
+        help="distill: KL to the victim's answers (default); authors: CE on true labels, SGD",
+    )
     p.add_argument("--victim-epochs", type=int)
     p.add_argument("--mae-epochs", type=int)
     p.add_argument("--shadow-epochs", type=int)
-    p.add_argument("--alpha", type=float, default=0.99, help="weight of the reconstruction error")
+    p.add_argument(
+        "--alpha", type=float, default=DEFAULT_ALPHA, help="weight of the reconstruction error"
+    )
     p.add_argument("--target-fpr", type=float, default=0.01)
-    p.add_argument("--policy", default="misinformation", help="response policy served by default")
+    p.add_argument("--policy", default=DEFAULT_POLICY, help="response policy served by default")
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     p.add_argument("--report", type=Path, default=Path("reports/build.json"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="keep the repository's trained graphs; recompute threshold (for --alpha, "
+        "--target-fpr) and account references from its data, and rewrite the manifest",
+    )
     return p.parse_args(argv)
 
 
@@ -128,14 +147,22 @@ def build(args: argparse.Namespace) -> BuildReport:
             progress=progress,
             augment_shift=1,
         )
-        train_mae(mae, train.images, cfg, warmup_epochs=max(1, mae_epochs // 10))
+        if args.mae_checkpoint:
+            mae.load_state_dict(torch.load(args.mae_checkpoint, weights_only=True))
+        else:
+            train_mae(mae, train.images, cfg, warmup_epochs=max(1, mae_epochs // 10))
         torch.save(mae.state_dict(), args.artifacts / "mae.pt")
 
     with report.stage("shadow"):
         victim_probs = softmax(predict_logits(victim, train.images))
         shadow = build_classifier(args.victim_arch, shape, classes)
-        cfg = TrainConfig(epochs=shadow_epochs, seed=args.seed, progress=progress, augment_shift=0)
-        train_shadow(shadow, mae, train.images, victim_probs, cfg)
+        if args.shadow_recipe == "authors":  # SGD wants a larger step than Adam
+            cfg = TrainConfig(epochs=shadow_epochs, lr=0.01, seed=args.seed, progress=progress)
+        else:
+            cfg = TrainConfig(
+                epochs=shadow_epochs, seed=args.seed, progress=progress, augment_shift=0
+            )
+        train_shadow(shadow, mae, train.images, victim_probs, cfg, args.shadow_recipe, train.labels)
         torch.save(shadow.state_dict(), args.artifacts / "shadow.pt")
 
     with report.stage("onnx"):
@@ -157,40 +184,33 @@ def build(args: argparse.Namespace) -> BuildReport:
                 raise RuntimeError(f"{name} ONNX differs from PyTorch by {diff} > {ONNX_TOLERANCE}")
 
     with report.stage("calibrate"):
-        from ..serving.inprocess import GraphRunner
-
-        runner = GraphRunner(victim_onnx, recon_onnx)
-        out = runner.run(splits.calibration.images)
-        scores = same_score(out.recon_error, out.logits, out.shadow_logits, args.alpha)
-        threshold = threshold_at_fpr(scores, args.target_fpr)
-        test_out = runner.run(splits.test.images)
-        test_scores = same_score(
-            test_out.recon_error, test_out.logits, test_out.shadow_logits, args.alpha
+        calibration = calibrate(
+            GraphRunner(victim_onnx, recon_onnx),
+            splits.calibration.images,
+            splits.test.images,
+            args.alpha,
+            args.target_fpr,
+            classes,
         )
         report.figures.update(
-            threshold=threshold,
-            calibration_fpr=false_positive_rate(scores, threshold),
-            test_fpr_offline=false_positive_rate(test_scores, threshold),
+            {k: calibration[k] for k in ("threshold", "calibration_fpr", "test_fpr_offline")}
         )
         print(
-            f"   threshold {threshold:.6g} at target FPR {args.target_fpr}; "
-            f"offline test FPR {report.figures['test_fpr_offline']:.4f}"
+            f"   threshold {calibration['threshold']:.6g} at target FPR {args.target_fpr}; "
+            f"offline test FPR {calibration['test_fpr_offline']:.4f}; account test "
+            f"{calibration['accounts']['settings']}"
         )
 
     with report.stage("repository"):
         settings = ServingSettings(input_shape=shape, num_classes=classes, policy=args.policy)
-        calibration = {
-            "threshold": threshold,
-            "alpha": args.alpha,
-            "target_fpr": args.target_fpr,
-            "calibration_fpr": report.figures["calibration_fpr"],
-            "n_calibration": len(splits.calibration),
+        calibration |= {
             "input_shape": list(shape),
             "class_names": list(train.class_names),
             "dataset": args.data,
             "preset": args.preset,
             "mae": MAE_PRESETS[args.preset].to_dict(),
             "victim_architecture": args.victim_arch,
+            "shadow_recipe": args.shadow_recipe,
             "victim_test_accuracy": report.figures["victim_test_accuracy"],
             "seed": args.seed,
         }
@@ -204,8 +224,36 @@ def build(args: argparse.Namespace) -> BuildReport:
     return report
 
 
+def recalibrate(args: argparse.Namespace) -> dict:
+    """Rewrite the calibration of an existing repository (the ONNX graphs are kept)."""
+    manifest_path = args.repository / "defense" / "1" / MANIFEST_NAME
+    manifest = load_verified_manifest(str(args.repository), str(manifest_path))
+    splits = split_dataset(load_dataset(manifest["dataset"], args.data_root), seed=manifest["seed"])
+    runner = GraphRunner(
+        args.repository / ONNX_FILES["victim"], args.repository / ONNX_FILES["reconstructor"]
+    )
+    manifest |= calibrate(
+        runner,
+        splits.calibration.images,
+        splits.test.images,
+        args.alpha,
+        args.target_fpr,
+        len(manifest["class_names"]),
+    )
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    refresh_defense_code(args.repository)
+    print(
+        f"recalibrated {args.repository}: alpha {args.alpha}, threshold {manifest['threshold']:.6g}"
+    )
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> int:
-    build(parse_args(argv))
+    args = parse_args(argv)
+    if args.recalibrate:
+        recalibrate(args)
+    else:
+        build(args)
     return 0
 
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import core
+from ..core.accounts import ACCOUNT_OUTPUT
 from ..core.manifest import MANIFEST_NAME, sha256_file
 
 MANIFEST_VERSION = 1
@@ -138,6 +139,11 @@ output [
     name: "LABEL"
     data_type: TYPE_INT64
     dims: [ 1 ]
+  }},
+  {{
+    name: "{ACCOUNT_OUTPUT}"
+    data_type: TYPE_FP32
+    dims: [ 1 ]
   }}
 ]
 instance_group [
@@ -178,6 +184,13 @@ output [
     name: "LABEL"
     data_type: TYPE_INT64
     dims: [ 1 ]
+  }},
+  # Internal: the class-conditional p-value of each query's SAME score, for the gateway's
+  # account-level test. The gateway requests it, strips it and refuses clients who ask.
+  {{
+    name: "{ACCOUNT_OUTPUT}"
+    data_type: TYPE_FP32
+    dims: [ 1 ]
   }}
 ]
 # victim and reconstructor read only IMAGE, so Triton runs them concurrently.
@@ -206,6 +219,7 @@ ensemble_scheduling {{
       input_map {{ key: "INPUT_STATS" value: "input_stats" }}
       output_map {{ key: "PROBS" value: "PROBS" }}
       output_map {{ key: "LABEL" value: "LABEL" }}
+      output_map {{ key: "{ACCOUNT_OUTPUT}" value: "{ACCOUNT_OUTPUT}" }}
     }}
   ]
 }}

@@ -1,7 +1,12 @@
 """``same-gateway``: run the gateway alone in front of any Triton (e.g. the NGC container).
 
     same-gateway --listen 0.0.0.0:8001 --upstream 127.0.0.1:8101 \\
-        --upstream-key same-gateway-key=SECRET   # if Triton runs --grpc-restricted-protocol
+        --upstream-key same-gateway-key=SECRET \\
+        --manifest model_repository/defense/1/same_calibration.json \\
+        --keys accounts/keys.json --redis redis://127.0.0.1:6379/0
+
+``--upstream-key`` when Triton runs ``--grpc-restricted-protocol``; ``--manifest`` turns the
+account-level defense on (its calibration); ``--redis`` shares account state between gateways.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 
+from .options import add_account_arguments, options_from_args, read_manifest_file
 from .proxy import GatewayPolicy, GatewayServer
 
 
@@ -27,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         "--upstream-key",
         help="KEY=VALUE of Triton's --grpc-restricted-protocol (sent as triton-grpc-protocol-KEY)",
     )
+    p.add_argument("--manifest", type=Path, help="the repository's same_calibration.json")
+    p.add_argument("--metrics-port", type=int, help="gateway's Prometheus metrics (loopback)")
+    add_account_arguments(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     header = None
@@ -36,8 +46,16 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--upstream-key takes KEY=VALUE")
         header = (f"triton-grpc-protocol-{key}", value)
     policy = GatewayPolicy(frozenset(args.public_model or ["same"]), upstream_header=header)
+    options = options_from_args(args)
     try:
-        gateway = GatewayServer(args.listen, args.upstream, policy).start()
+        gateway = GatewayServer(
+            args.listen,
+            args.upstream,
+            policy,
+            auth=options.authenticator(),
+            accounts=options.service(read_manifest_file(args.manifest)),
+            metrics_port=args.metrics_port,
+        ).start()
     except OSError as exc:
         print(f"same-gateway: error: {exc}", file=sys.stderr)
         return 1

@@ -12,7 +12,9 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.manifest import MANIFEST_NAME
 from ..serving.embedded import EmbeddedTriton, free_port
+from .options import AccountOptions, read_manifest_file
 from .proxy import GatewayPolicy, GatewayServer
 
 KEY_HEADER = "same-gateway-key"
@@ -27,6 +29,8 @@ class ProtectedService:
     metrics_port: int = 8002
     log_file: Path = Path("logs/tritonserver.log")
     workdir: Path = Path(".triton")
+    accounts: AccountOptions = field(default_factory=AccountOptions)
+    gateway_metrics_port: int | None = None
     triton: EmbeddedTriton | None = field(default=None, init=False)
     gateway: GatewayServer | None = field(default=None, init=False)
 
@@ -50,7 +54,15 @@ class ProtectedService:
             (header,) = self.triton.grpc_headers.items()
             policy = GatewayPolicy(upstream_header=header)
             listen = f"{self.public_host}:{self.public_port}"
-            self.gateway = GatewayServer(listen, self.triton.grpc_url, policy).start()
+            manifest = read_manifest_file(self.repository / "defense" / "1" / MANIFEST_NAME)
+            self.gateway = GatewayServer(
+                listen,
+                self.triton.grpc_url,
+                policy,
+                auth=self.accounts.authenticator(),
+                accounts=self.accounts.service(manifest),
+                metrics_port=self.gateway_metrics_port,
+            ).start()
         except BaseException:
             self.triton.stop()
             raise

@@ -1,8 +1,10 @@
 """A byte-forwarding gRPC proxy for Triton's ``inference.GRPCInferenceService``.
 
-Requests are forwarded as raw bytes (no re-serialisation); only the small name field of
-model-scoped calls is parsed, from the request's protobuf, to decide. Status codes and
-messages from Triton go back to the caller unchanged.
+Every call but liveness/readiness is authenticated first (:mod:`.accounting`). Calls are
+forwarded as raw bytes; ``ModelInfer`` is parsed and rewritten for the account-level defense
+(the caller's suspicion goes to the defense step, the internal p-value output comes back and is
+stripped before the client sees the answer). Status codes and messages from Triton go back to
+the caller unchanged.
 """
 
 from __future__ import annotations
@@ -15,9 +17,21 @@ from dataclasses import dataclass, field
 import grpc
 from tritonclient.grpc import service_pb2
 
+from ..accounts import AccountService, AccountStateUnavailable
+from .accounting import (
+    Authenticator,
+    InternalOutputRequested,
+    Unauthenticated,
+    finish_infer,
+    prepare_infer,
+)
+from .metrics import GatewayMetrics
+
 SERVICE = "/inference.GRPCInferenceService/"
 # Calls about the server as a whole: safe for anyone.
 SERVER_METHODS = ("ServerLive", "ServerReady", "ServerMetadata")
+# Health probes (load balancers, Kubernetes) need no key; everything else does.
+OPEN_METHODS = ("ServerLive", "ServerReady")
 # Calls about one model: allowed only for the public models; value reads the model's name.
 MODEL_METHODS: dict[str, Callable[[bytes], str]] = {
     "ModelReady": lambda b: service_pb2.ModelReadyRequest.FromString(b).name,
@@ -64,9 +78,19 @@ class GatewayPolicy:
 
 
 class _Handler(grpc.GenericRpcHandler):
-    def __init__(self, channel: grpc.Channel, policy: GatewayPolicy) -> None:
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        policy: GatewayPolicy,
+        auth: Authenticator,
+        accounts: AccountService | None,
+        metrics: GatewayMetrics,
+    ) -> None:
         self.channel = channel
         self.policy = policy
+        self.auth = auth
+        self.accounts = accounts
+        self.metrics = metrics
         self._upstream: dict[str, Callable] = {}
 
     def service(self, details: grpc.HandlerCallDetails):
@@ -78,6 +102,13 @@ class _Handler(grpc.GenericRpcHandler):
         )  # bytes in, bytes out: no (de)serialisers
 
     def _forward(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
+        account = None
+        if method not in OPEN_METHODS:
+            try:
+                account = self.auth.account(context.invocation_metadata(), context.peer())
+            except Unauthenticated as exc:
+                self.metrics.auth_failures.inc()
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         reason = self.policy.check(method, request)
         if reason is not None:
             self.policy.denied += 1
@@ -87,6 +118,34 @@ class _Handler(grpc.GenericRpcHandler):
             problem = self.policy.check_infer_request(request)
             if problem is not None:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            return self._infer(account, request, context)
+        return self._upstream_call(method, request, context)
+
+    def _infer(self, account: str, request: bytes, context: grpc.ServicerContext) -> bytes:
+        try:
+            suspected = self.accounts is not None and self.accounts.is_suspected(account)
+            prepared = prepare_infer(request, suspected)
+        except InternalOutputRequested as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except AccountStateUnavailable as exc:
+            self.metrics.state_errors.inc()
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        response, pvalues = finish_infer(
+            self._upstream_call("ModelInfer", prepared.request, context)
+        )
+        self.metrics.observe(account, prepared.samples, suspected)
+        if self.accounts is not None and pvalues is not None and len(pvalues) == prepared.samples:
+            try:
+                state = self.accounts.record(account, pvalues, prepared.hashes)
+            except AccountStateUnavailable as exc:
+                # Answered already computed; failing closed still withholds it.
+                self.metrics.state_errors.inc()
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            if state is not None and not suspected and state.suspected_at_query > 0:
+                self.metrics.suspicions.inc()
+        return response
+
+    def _upstream_call(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
         call = self._upstream.get(method)
         if call is None:
             call = self.channel.unary_unary(SERVICE + method)
@@ -116,7 +175,15 @@ class GatewayServer:
         upstream: str,
         policy: GatewayPolicy | None = None,
         workers: int = 32,
+        auth: Authenticator | None = None,
+        accounts: AccountService | None = None,
+        metrics_port: int | None = None,
     ) -> None:
+        """``auth`` is required: a key store, or the explicit anonymous mode. ``accounts``
+        enables the account-level defense (None: per-query SAME only). ``metrics_port``
+        serves the gateway's Prometheus metrics on loopback (0: any free port)."""
+        if auth is None:
+            raise ValueError("the gateway needs an Authenticator (API keys or anonymous=True)")
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -124,9 +191,13 @@ class GatewayServer:
         self.policy = policy or GatewayPolicy()
         self.listen = listen
         self.upstream = upstream
+        self.accounts = accounts
+        self.metrics = GatewayMetrics()
+        self.metrics_port = self.metrics.serve(metrics_port) if metrics_port is not None else None
         self._channel = grpc.insecure_channel(upstream, options=options)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
-        self._server.add_generic_rpc_handlers((_Handler(self._channel, self.policy),))
+        handler = _Handler(self._channel, self.policy, auth, accounts, self.metrics)
+        self._server.add_generic_rpc_handlers((handler,))
         self.port = self._server.add_insecure_port(listen)
         if self.port == 0:
             raise OSError(f"gateway cannot listen on {listen}")
@@ -138,6 +209,7 @@ class GatewayServer:
     def stop(self, grace_s: float = 5.0) -> None:
         self._server.stop(grace_s).wait()
         self._channel.close()
+        self.metrics.close()
 
     def wait(self) -> None:
         self._server.wait_for_termination()

@@ -6,6 +6,9 @@ Targets:
 
 - ``same``: the served ensemble (victim + reconstructor + Python defense step) over gRPC;
 - ``victim``: the bare victim model on the same server, same client code;
+- ``gateway_same`` / ``gateway_same_keys_only``: ``same`` through the public gateway (its own
+  process, an API key per request), with and without the account-level defense: what a
+  client of the default deployment sees, and (their difference) what the account layer costs;
 - ``inprocess_same`` / ``inprocess_victim``: the same ONNX graphs (and, for ``same``, the same
   defense code) in onnxruntime in this process, no server: the compute floor.
 
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -36,11 +40,13 @@ from .common import (
     parse_overrides,
     tuned_copy,
 )
+from .gateways import GatewayProcess, bench_key
 from .stats import cost_breakdown, gap_breakdown, latency_summary, ratio
 
 SERVED = ("same", "victim")
+GATEWAY = ("gateway_same", "gateway_same_keys_only")
 IN_PROCESS = ("inprocess_same", "inprocess_victim")
-TARGETS = SERVED + IN_PROCESS
+TARGETS = SERVED + GATEWAY + IN_PROCESS
 
 # A worker is (call, close): call(batch) sends one request and waits for its answer.
 MAX_ERRORS_IN_A_ROW = 20
@@ -121,16 +127,17 @@ def closed_loop(
     return summary
 
 
-def triton_worker(url: str, model: str, timeout_s: float = 120.0) -> Worker:
+def triton_worker(url: str, model: str, timeout_s: float = 120.0, key: str | None = None) -> Worker:
     """One gRPC client per worker (tritonclient's clients are not meant to be shared)."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
+    headers = {"authorization": f"Bearer {key}"} if key else None
 
     def call(batch: np.ndarray) -> object:
         tensor = grpcclient.InferInput("IMAGE", list(batch.shape), "FP32")
         tensor.set_data_from_numpy(batch)
-        return client.infer(model, [tensor], client_timeout=timeout_s)
+        return client.infer(model, [tensor], client_timeout=timeout_s, headers=headers)
 
     return call, client.close
 
@@ -264,7 +271,23 @@ def derive(
         "same/victim": ("same", "victim"),
         "same/inprocess_same": ("same", "inprocess_same"),
         "victim/inprocess_victim": ("victim", "inprocess_victim"),
+        "gateway_same/same": ("gateway_same", "same"),
     }
+    # Added latency, in ms, per cell: the gateway's own share (keys only vs Triton directly)
+    # and the account layer's (account defense on vs off, both through a gateway).
+    added_ms: dict = {}
+    for label, (num, den) in {
+        "gateway": ("gateway_same_keys_only", "same"),
+        "account_layer": ("gateway_same", "gateway_same_keys_only"),
+    }.items():
+        for b in batch_sizes:
+            for c in concurrency:
+                x, y = cell(num, b, c), cell(den, b, c)
+                if x and y:
+                    added_ms.setdefault(label, {}).setdefault(str(b), {})[str(c)] = {
+                        "p50": round(x["p50_ms"] - y["p50_ms"], 3),
+                        "p99": round(x["p99_ms"] - y["p99_ms"], 3),
+                    }
     ratios: dict = {}
     for label, (num, den) in pairs.items():
         for b in batch_sizes:
@@ -322,7 +345,7 @@ def derive(
         }
         for t in IN_PROCESS
     }
-    return {"ratios": ratios, "saturation": saturation}
+    return {"ratios": ratios, "added_latency_ms": added_ms, "saturation": saturation}
 
 
 def goals(results: dict, derived: dict, batch_sizes: list[int], concurrency: list[int]) -> dict:
@@ -387,7 +410,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     manifest = ensure_repository(args.repository)
     images = benign_images(manifest)
-    served = [t for t in args.targets if t in SERVED]
+    served = [t for t in args.targets if t in SERVED + GATEWAY]
+    gateways = [t for t in args.targets if t in GATEWAY]
     local = [t for t in args.targets if t in IN_PROCESS]
     overrides = parse_overrides(args.overrides)
     repository = args.repository
@@ -397,6 +421,7 @@ def run(args: argparse.Namespace) -> dict:
     serving = current_settings(repository)
     server = None
     server_pids: list[int] = []
+    running: list[GatewayProcess] = []
     try:
         url = args.url
         if served and not url:
@@ -408,8 +433,18 @@ def run(args: argparse.Namespace) -> dict:
             server_pids = [server.process.pid]
             print(f"== serving on {url} (log {args.log_file})", flush=True)
         factories: dict[str, Callable[[], Worker]] = {
-            t: (lambda t=t: triton_worker(url, t)) for t in served
+            t: (lambda t=t: triton_worker(url, t)) for t in served if t in SERVED
         }
+        if gateways:
+            keys_file = Path(tempfile.mkdtemp(prefix="same-bench-keys-")) / "keys.json"
+            key = bench_key(keys_file)
+            for target in gateways:
+                gateway = GatewayProcess(
+                    url, repository, keys_file, account_defense=target == "gateway_same"
+                ).start(key)
+                running.append(gateway)
+                server_pids.append(gateway.process.pid)
+                factories[target] = lambda u=gateway.url: triton_worker(u, "same", key=key)
         if local:
             factories.update(
                 {
@@ -426,7 +461,7 @@ def run(args: argparse.Namespace) -> dict:
                 for target in args.targets:
                     r = measure_cell(
                         factories[target], batches, c, args.warmup, args.duration,
-                        url if target in SERVED else None, server_pids,
+                        url if target in SERVED + GATEWAY else None, server_pids,
                     )  # fmt: skip
                     results[target].setdefault(str(b), {})[str(c)] = r
                     cpu = r["cpu_ms_per_image"]
@@ -441,6 +476,8 @@ def run(args: argparse.Namespace) -> dict:
                     )
         elapsed = time.perf_counter() - started
     finally:
+        for gateway in running:
+            gateway.stop()
         if server is not None:
             server.stop()
         if overrides:

@@ -85,6 +85,8 @@ def locust_command(args: argparse.Namespace, model: str, host: str, data_file: P
     ]  # fmt: skip
     if args.processes:
         command += ["--processes", str(args.processes)]
+    if getattr(args, "keys_file", None):
+        command += ["--keys-file", str(args.keys_file)]
     return command
 
 

@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from ..accounts import KeyStore
 from ..gateway.deployment import ProtectedService
+from ..gateway.options import AccountOptions
 from ..serving.embedded import free_port
 from ..serving.metrics import read_defense_counters
 from .common import ensure_repository, exit_on_sigterm, load_test_data
@@ -29,6 +31,8 @@ from .loadtest import locust_command, run_locust, run_seconds
 from .stats import read_locust_stats
 
 MAX_GROWTH = 0.10
+# Locust user classes, each with its own accounts (see loadtest/locustfile.py).
+KEY_KINDS = ("benign", "synthetic", "proxy")
 WINDOW_S = 60.0
 
 
@@ -99,6 +103,15 @@ def window_means(samples: list[dict], duration_s: float, window_s: float = WINDO
     return out
 
 
+def provision_keys(key_file: Path, locust_keys: Path, users: int) -> Path:
+    """One account per simulated user (benign-1..., synthetic-1..., proxy-1...): the gateway's
+    key file and the keys file Locust's users draw from."""
+    store = KeyStore(key_file)
+    keys = {kind: [store.add(f"{kind}-{i}") for i in range(users)] for kind in KEY_KINDS}
+    locust_keys.write_text(json.dumps(keys))
+    return key_file
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -129,10 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     data_file = workdir / "soak-data.npz"
     np.savez(data_file, **load_test_data(manifest))
     duration = run_seconds(args.run_time)
+    args.keys_file = workdir / "locust-keys.json"
+    key_store = provision_keys(workdir / "keys.json", args.keys_file, args.users)
     service = ProtectedService(
-        args.repository, public_port=free_port(), http_port=free_port(),
-        metrics_port=free_port(), log_file=args.log_file,
-    )  # fmt: skip
+        args.repository,
+        public_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        log_file=args.log_file,
+        accounts=AccountOptions(keys_file=key_store),
+    )
     try:
         service.start()
         print(f"== soak: {args.run_time} of Locust against {service.public_url} (gateway)")
@@ -146,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         sampler.stop()
         counters = read_defense_counters(service.metrics_url) - before
+        accounts = service.gateway.accounts
+        suspected = sorted(a for a, _ in accounts.suspected()) if accounts else []
         restarts = len(service.triton.supervisor.restarts) if service.triton.supervisor else 0
     finally:
         service.stop()
@@ -167,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             "invalid": int(counters.invalid),
         },
         "stub_restarts": restarts,
+        "accounts_suspected": suspected,
         "memory": memory,
         "memory_samples_mib": [
             [s["t_s"], round(s["server_total"] / 2**20, 1)] for s in sampler.samples

@@ -17,6 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
+from ..gateway.options import add_account_arguments, options_from_args
 from .embedded import EmbeddedTriton, ServerError
 
 
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--direct", action="store_true", help="no gateway: expose Triton itself")
     p.add_argument("--log-file", type=Path, default=Path("logs/tritonserver.log"))
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    p.add_argument(
+        "--gateway-metrics-port", type=int, default=8003, help="gateway's Prometheus (loopback)"
+    )
+    add_account_arguments(p)
     args = p.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -49,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         service = ProtectedService(
             args.repository, public_host=args.host, public_port=args.grpc_port,
             http_port=args.http_port, metrics_port=args.metrics_port, log_file=args.log_file,
+            accounts=options_from_args(args), gateway_metrics_port=args.gateway_metrics_port,
         )  # fmt: skip
     try:
         service.start(args.timeout)

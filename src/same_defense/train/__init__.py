@@ -1,6 +1,7 @@
 """Training: the victim classifier, SAME's masked autoencoder and its shadow classifier."""
 
 from .loops import (
+    SHADOW_RECIPES,
     TrainConfig,
     evaluate_accuracy,
     predict_logits,
@@ -10,6 +11,7 @@ from .loops import (
 )
 
 __all__ = [
+    "SHADOW_RECIPES",
     "TrainConfig",
     "evaluate_accuracy",
     "predict_logits",

@@ -145,21 +145,39 @@ def train_mae(
     return mae
 
 
+SHADOW_RECIPES = ("distill", "authors")
+
+
 def train_shadow(
     shadow: nn.Module,
     mae: MaskedAutoencoder,
     images: np.ndarray,
     victim_probs: np.ndarray,
     config: TrainConfig,
+    recipe: str = "distill",
+    labels: np.ndarray | None = None,
 ) -> nn.Module:
-    """Shadow classifier: mimic the victim's answers from masked (75 %) MAE reconstructions.
+    """Shadow classifier on MAE reconstructions; two recipes.
+
+    - ``distill`` (default): mimic the victim's answers (KL to its probabilities), Adam, on
+      half masked (75 %) and half full reconstructions (the score uses full ones).
+    - ``authors``: the authors' code: cross-entropy on the true labels, SGD with momentum,
+      random shifts, masked (75 %) reconstructions only.
 
     The reconstructions are drawn afresh every epoch so the shadow sees many maskings.
     """
+    if recipe not in SHADOW_RECIPES:
+        raise ValueError(f"shadow recipe must be one of {SHADOW_RECIPES}, got {recipe!r}")
+    if recipe == "authors" and labels is None:
+        raise ValueError("the authors' shadow recipe trains on true labels: pass labels")
     mae.eval()
     torch.manual_seed(config.seed + 1)
     rng = np.random.default_rng(config.seed + 1)
-    optimizer = torch.optim.Adam(shadow.parameters(), lr=config.lr)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    if recipe == "authors":
+        optimizer = torch.optim.SGD(shadow.parameters(), lr=config.lr, momentum=0.9)
+    else:
+        optimizer = torch.optim.Adam(shadow.parameters(), lr=config.lr)
     steps = config.epochs * math.ceil(len(images) / config.batch_size)
     bar = tqdm(total=steps, desc="train shadow", disable=not config.progress, unit="step")
     step = 0
@@ -169,12 +187,18 @@ def train_shadow(
             _cosine_lr(optimizer, config.lr, step, steps, warmup=0)
             x = torch.from_numpy(images[index])
             with torch.no_grad():
-                # Half masked (as the authors), half full reconstructions (as scored).
-                recon = torch.cat([mae.forward_masked(x[::2]), mae.reconstruct(x[1::2])])
-                target = torch.from_numpy(
-                    np.concatenate([victim_probs[index][::2], victim_probs[index][1::2]])
-                )
-            loss = F.kl_div(F.log_softmax(shadow(recon), 1), target, reduction="batchmean")
+                if recipe == "authors":
+                    recon = mae.forward_masked(random_shift(x, config.augment_shift, gen))
+                else:
+                    # Half masked (as the authors), half full reconstructions (as scored).
+                    recon = torch.cat([mae.forward_masked(x[::2]), mae.reconstruct(x[1::2])])
+                    target = torch.from_numpy(
+                        np.concatenate([victim_probs[index][::2], victim_probs[index][1::2]])
+                    )
+            if recipe == "authors":
+                loss = F.cross_entropy(shadow(recon), torch.from_numpy(labels[index]))
+            else:
+                loss = F.kl_div(F.log_softmax(shadow(recon), 1), target, reduction="batchmean")
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -1,0 +1,87 @@
+"""``same-accounts``: the operator's command line for keys and account state.
+
+    same-accounts add alice               # prints alice's new key (shown once)
+    same-accounts list                    # accounts in the key file
+    same-accounts revoke alice            # the key stops working at once
+    same-accounts suspected --redis URL   # accounts under suspicion, with their statistics
+    same-accounts show alice --redis URL  # one account's state
+    same-accounts clear alice --redis URL # lift a suspicion (the test starts again)
+
+Key commands edit the key file the gateway reads (``--keys``). State commands read the shared
+Redis store; with the in-memory default, state lives inside the gateway process (suspicions are
+logged there and counted in its metrics) and ends with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..core.accounts import AccountSettings
+from .keys import KeyStore, KeyStoreError
+from .service import AccountService
+from .store import RedisStore, StoreUnavailable
+
+DEFAULT_KEYS = Path("accounts/keys.json")
+DEFAULT_MANIFEST = Path("model_repository/defense/1/same_calibration.json")
+
+
+def _service(args: argparse.Namespace) -> AccountService:
+    settings = AccountSettings()
+    if args.manifest.exists():
+        section = json.loads(args.manifest.read_text()).get("accounts") or {}
+        settings = AccountSettings.from_dict(section.get("settings", {}))
+    return AccountService(settings, RedisStore(args.redis))
+
+
+def _row(name: str, state) -> str:
+    return (
+        f"{name:24s} queries {state.queries:7d}  distinct {state.distinct:7d}  exceeded "
+        f"{state.exceedances:7d}  cusum {state.cusum:6.1f}  suspected at {state.suspected_at_query}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="same-accounts",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--keys", type=Path, default=DEFAULT_KEYS, help="the gateway's key file")
+    p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="shared state store")
+    p.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="account settings")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("add", "revoke", "show", "clear"):
+        sub.add_parser(name).add_argument("account")
+    sub.add_parser("list")
+    sub.add_parser("suspected")
+    args = p.parse_args(argv)
+    keys = KeyStore(args.keys)
+    try:
+        if args.command == "add":
+            print(keys.add(args.account))
+            print(f"key for {args.account!r} written (hashed) to {args.keys}", file=sys.stderr)
+        elif args.command == "revoke":
+            keys.revoke(args.account)
+            print(f"revoked {args.account!r}")
+        elif args.command == "list":
+            for name, entry in keys.list().items():
+                print(f"{name:24s} {'revoked' if entry['revoked'] else 'active'}")
+        elif args.command == "suspected":
+            for name, state in _service(args).suspected():
+                print(_row(name, state))
+        elif args.command == "show":
+            print(json.dumps(_service(args).store.get(args.account).to_dict(), indent=2))
+        elif args.command == "clear":
+            state = _service(args).clear(args.account)
+            print(f"cleared {args.account!r} (cleared {state.cleared} time(s) so far)")
+    except (KeyStoreError, StoreUnavailable) as exc:
+        print(f"same-accounts: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""Where account state lives: in this process (one gateway) or in Redis (several gateways).
+
+Both stores offer one atomic operation, :meth:`AccountStore.record`: find which of a request's
+samples the account sent before, add them to its remembered set, and apply an update function
+(the core's CUSUM step) to its state. The statistic is computed in Python on both (Redis runs
+no script of ours), so there is one implementation of the test; Redis gets atomicity from an
+optimistic transaction (WATCH / MULTI) that is retried when another gateway wrote first.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import numpy as np
+
+from ..core.accounts import AccountState
+
+Update = Callable[[AccountState, np.ndarray], AccountState]
+
+
+class StoreUnavailable(RuntimeError):
+    """The state store cannot be reached (Redis down, network partition)."""
+
+
+def first_occurrences(hashes: list[str]) -> np.ndarray:
+    """True for the first occurrence of each hash within one request."""
+    seen: set[str] = set()
+    mask = np.zeros(len(hashes), bool)
+    for i, h in enumerate(hashes):
+        if h not in seen:
+            seen.add(h)
+            mask[i] = True
+    return mask
+
+
+class AccountStore(Protocol):
+    def get(self, account: str) -> AccountState: ...
+
+    def put(self, account: str, state: AccountState) -> None: ...
+
+    def record(self, account: str, hashes: list[str], update: Update) -> AccountState: ...
+
+    def accounts(self) -> Iterator[tuple[str, AccountState]]: ...
+
+
+class MemoryStore:
+    """State in a dict; ``dedupe_window`` recent hashes per account. Thread-safe."""
+
+    def __init__(self, dedupe_window: int = 50_000) -> None:
+        self.dedupe_window = dedupe_window
+        self._lock = threading.Lock()
+        self._states: dict[str, AccountState] = {}
+        self._seen: dict[str, OrderedDict[str, None]] = {}
+
+    def get(self, account: str) -> AccountState:
+        with self._lock:
+            return AccountState.from_dict(self._states.get(account, AccountState()).to_dict())
+
+    def put(self, account: str, state: AccountState) -> None:
+        with self._lock:
+            self._states[account] = state
+
+    def record(self, account: str, hashes: list[str], update: Update) -> AccountState:
+        with self._lock:
+            seen = self._seen.setdefault(account, OrderedDict())
+            is_new = first_occurrences(hashes) & np.array([h not in seen for h in hashes], bool)
+            for h in hashes:
+                seen[h] = None
+                seen.move_to_end(h)
+            while len(seen) > self.dedupe_window:
+                seen.popitem(last=False)
+            state = update(self._states.get(account, AccountState()), is_new)
+            self._states[account] = state
+            return state
+
+    def accounts(self) -> Iterator[tuple[str, AccountState]]:
+        with self._lock:
+            items = list(self._states.items())
+        yield from items
+
+
+class RedisStore:
+    """State in Redis: ``<prefix>:<account>:state`` (JSON) and ``<prefix>:<account>:seen`` (a
+    set of sample hashes), both expiring ``ttl_s`` after the account's last query."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "same:acct",
+        ttl_s: int = 30 * 24 * 3600,
+        timeout_s: float = 1.0,
+    ) -> None:
+        import redis  # only where Redis is used
+
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self._watch_error = redis.exceptions.WatchError
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
+        )
+        self.url = url
+
+    def _keys(self, account: str) -> tuple[str, str]:
+        return f"{self.prefix}:{account}:state", f"{self.prefix}:{account}:seen"
+
+    def _call(self, fn: Callable):
+        try:
+            return fn()
+        except self._errors as exc:
+            raise StoreUnavailable(
+                f"account state store at {self.url} unavailable: {exc}"
+            ) from None
+
+    def get(self, account: str) -> AccountState:
+        raw = self._call(lambda: self.client.get(self._keys(account)[0]))
+        return AccountState.from_dict(json.loads(raw) if raw else None)
+
+    def put(self, account: str, state: AccountState) -> None:
+        key = self._keys(account)[0]
+        self._call(lambda: self.client.set(key, json.dumps(state.to_dict()), ex=self.ttl_s))
+
+    def record(self, account: str, hashes: list[str], update: Update) -> AccountState:
+        state_key, seen_key = self._keys(account)
+
+        def transaction() -> AccountState:
+            with self.client.pipeline() as pipe:
+                while True:
+                    try:
+                        pipe.watch(state_key, seen_key)
+                        raw = pipe.get(state_key)
+                        known = pipe.smismember(seen_key, hashes) if hashes else []
+                        is_new = first_occurrences(hashes) & ~np.array(known, bool)
+                        state = update(
+                            AccountState.from_dict(json.loads(raw) if raw else None), is_new
+                        )
+                        pipe.multi()
+                        pipe.set(state_key, json.dumps(state.to_dict()), ex=self.ttl_s)
+                        if hashes:
+                            pipe.sadd(seen_key, *hashes)
+                            pipe.expire(seen_key, self.ttl_s)
+                        pipe.execute()
+                        return state
+                    except self._watch_error:
+                        continue  # another gateway updated this account first: redo
+
+        return self._call(transaction)
+
+    def accounts(self) -> Iterator[tuple[str, AccountState]]:
+        pattern = f"{self.prefix}:*:state"
+        keys = self._call(lambda: list(self.client.scan_iter(match=pattern, count=500)))
+        for key in keys:
+            raw = self._call(lambda k=key: self.client.get(k))
+            if raw:
+                yield (
+                    key[len(self.prefix) + 1 : -len(":state")],
+                    AccountState.from_dict(json.loads(raw)),
+                )

@@ -1,0 +1,106 @@
+"""The gateway's side of the account-level defense: who is calling, and the internal output.
+
+- :class:`Authenticator`: ``authorization: Bearer <key>`` in gRPC metadata, checked against the
+  operator's :class:`~same_defense.accounts.KeyStore`; or, in the explicit anonymous mode, the
+  caller's peer address is the account.
+- :func:`prepare_infer` / :func:`finish_infer`: rewrite a ``ModelInfer`` on its way to Triton
+  (ask for the internal ``ACCOUNT_PVALUE`` output, state the account's suspicion in a request
+  parameter, which the gateway alone may set) and on its way back (strip that output). A client
+  that asks for the internal output is refused; one that sends the parameter has it replaced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from ..accounts import KeyStore, sample_hashes
+from ..core.accounts import ACCOUNT_OUTPUT, ACCOUNT_PARAMETER, SUSPECTED
+
+AUTH_HEADER = "authorization"
+BEARER = "bearer "
+
+
+class Unauthenticated(Exception):
+    """No key, an unknown or a revoked one."""
+
+
+class Authenticator:
+    """Maps a call to its account name, or raises :class:`Unauthenticated`."""
+
+    def __init__(self, keys: KeyStore | None = None, anonymous: bool = False) -> None:
+        if (keys is None) == (not anonymous):
+            raise ValueError("give a key store, or anonymous=True, not both or neither")
+        self.keys = keys
+        self.anonymous = anonymous
+
+    def account(self, metadata: tuple, peer: str) -> str:
+        if self.anonymous:
+            # "ipv4:127.0.0.1:53412" -> "peer:127.0.0.1": one account per address, not per port
+            address = peer.split(":", 1)[-1].rsplit(":", 1)[0]
+            return f"peer:{address}"
+        assert self.keys is not None
+        values = [v for k, v in metadata if k.lower() == AUTH_HEADER]
+        if not values:
+            raise Unauthenticated("missing API key: send metadata 'authorization: Bearer <key>'")
+        value = values[0] if isinstance(values[0], str) else values[0].decode()
+        key = value[len(BEARER) :] if value.lower().startswith(BEARER) else value
+        account = self.keys.authenticate(key.strip())
+        if account is None:
+            raise Unauthenticated("unknown or revoked API key")
+        return account
+
+
+@dataclass
+class PreparedInfer:
+    request: bytes  # what goes to Triton
+    samples: int
+    hashes: list[str]
+
+
+class InternalOutputRequested(Exception):
+    """A client asked for an output that stays on the server."""
+
+
+def _input_bytes(message: service_pb2.ModelInferRequest) -> bytes:
+    if message.raw_input_contents:
+        return b"".join(message.raw_input_contents)
+    return b"".join(t.contents.SerializeToString() for t in message.inputs)
+
+
+def prepare_infer(request: bytes, suspected: bool) -> PreparedInfer:
+    """Rewrite a client's ``ModelInfer`` for Triton (raises on an internal output request)."""
+    message = service_pb2.ModelInferRequest.FromString(request)
+    if any(o.name == ACCOUNT_OUTPUT for o in message.outputs):
+        raise InternalOutputRequested(f"output {ACCOUNT_OUTPUT!r} is not available to clients")
+    if ACCOUNT_PARAMETER in message.parameters:
+        del message.parameters[ACCOUNT_PARAMETER]
+    if suspected:
+        message.parameters[ACCOUNT_PARAMETER].string_param = SUSPECTED
+    if message.outputs:  # none listed means "all", which includes the internal one
+        message.outputs.add(name=ACCOUNT_OUTPUT)
+    samples = int(message.inputs[0].shape[0]) if message.inputs and message.inputs[0].shape else 1
+    data = _input_bytes(message)
+    try:
+        hashes = sample_hashes(data, samples)
+    except ValueError:  # malformed sizes: Triton refuses the request; hash it whole
+        hashes = sample_hashes(data, 1) * samples
+    return PreparedInfer(message.SerializeToString(), samples, hashes)
+
+
+def finish_infer(response: bytes) -> tuple[bytes, np.ndarray | None]:
+    """Strip the internal output from Triton's answer; return it as float64 p-values."""
+    message = service_pb2.ModelInferResponse.FromString(response)
+    names = [o.name for o in message.outputs]
+    if ACCOUNT_OUTPUT not in names:
+        return response, None
+    i = names.index(ACCOUNT_OUTPUT)
+    if message.raw_output_contents:
+        pvalues = np.frombuffer(message.raw_output_contents[i], dtype=np.float32)
+        del message.raw_output_contents[i]
+    else:
+        pvalues = np.asarray(message.outputs[i].contents.fp32_contents, dtype=np.float32)
+    del message.outputs[i]
+    return message.SerializeToString(), pvalues.astype(np.float64)
