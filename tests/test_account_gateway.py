@@ -1,7 +1,8 @@
 """The account layer served for real: keys, the internal output, and state shared in Redis.
 
 One tritonserver (tiny repository), one redis-server, and three gateways in front: A and B
-share the Redis state (fail closed), C shares it too but fails open, D is anonymous.
+share the Redis state (fail closed), C shares it too but fails open, D is anonymous, E also
+throttles suspected accounts.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Deployment:
     def __init__(self, repository, work):
         self.redis = LocalRedis(work / "redis").start()
         self.keys = KeyStore(work / "keys.json")
-        self.key = {name: self.keys.add(name) for name in ("alice", "thief", "mallory")}
+        self.key = {name: self.keys.add(name) for name in ("alice", "thief", "mallory", "sybil")}
         shared = AccountOptions(keys_file=self.keys.path, redis_url=self.redis.url)
         self.service = ProtectedService(
             repository,
@@ -53,6 +54,7 @@ class Deployment:
             "B": shared,
             "C": AccountOptions(self.keys.path, redis_url=self.redis.url, on_store_error="open"),
             "D": AccountOptions(None, anonymous=True),
+            "E": AccountOptions(self.keys.path, redis_url=self.redis.url, suspected_rate=0.2),
         }.items():
             self.extra[name] = GatewayServer(
                 f"127.0.0.1:{free_port()}",
@@ -60,6 +62,7 @@ class Deployment:
                 GatewayPolicy(upstream_header=header),
                 auth=options.authenticator(),
                 accounts=options.service(manifest),
+                throttle=options.throttle(),
             ).start()
 
     def url(self, name: str) -> str:
@@ -182,6 +185,19 @@ def test_a_thief_suspected_through_one_gateway_is_suspected_through_the_other(de
         metrics = page.read().decode()
     assert 'same_gateway_queries_total{account_state="normal"}' in metrics
     assert "same_gateway_suspicions_total 1.0" in metrics
+
+
+def test_suspected_accounts_can_also_be_throttled(deployment):
+    noise = make_query_set("noise", 64, SHAPE, seed=5)
+    headers = _bearer(deployment, "sybil")
+    for start in range(0, 64, 32):  # suspected after about 25 distinct queries
+        _raw_infer(deployment.url("E"), noise[start : start + 32], headers)
+    with pytest.raises(InferenceServerException, match="limited to 0.2 requests/s") as caught:
+        for _ in range(2):
+            _raw_infer(deployment.url("E"), noise[:1], headers)
+    assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    alice = _raw_infer(deployment.url("E"), noise[:1], _bearer(deployment, "alice"))
+    assert alice.as_numpy("LABEL").shape == (1, 1)  # others are not throttled
 
 
 def test_anonymous_mode_keys_accounts_by_address(deployment, digits):

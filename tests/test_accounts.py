@@ -29,6 +29,7 @@ from same_defense.export.calibration import account_settings_for
 from same_defense.gateway.accounting import (
     Authenticator,
     InternalOutputRequested,
+    Throttle,
     Unauthenticated,
     finish_infer,
     prepare_infer,
@@ -188,3 +189,12 @@ def test_redis_store_and_both_failure_modes(tmp_path):
             closed.is_suspected("eve")
         assert opened.is_suspected("eve") is False
         assert opened.record("eve", np.zeros(1), ["h"]) is None and opened.store_errors == 2
+
+
+def test_throttle_allows_the_rate_and_refills():
+    now = [0.0]
+    throttle = Throttle(rate=2.0, burst=2.0, clock=lambda: now[0])
+    assert [throttle.allow("eve") for _ in range(3)] == [True, True, False]
+    assert throttle.allow("amy")  # per account
+    now[0] = 0.5  # one token back at 2 requests/s
+    assert throttle.allow("eve") and not throttle.allow("eve")

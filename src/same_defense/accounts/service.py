@@ -91,9 +91,9 @@ class AccountService:
         if state.is_suspected(now, self.settings) and not before[-1]:
             self.suspicions_raised += 1
             log.warning(
-                "account %s suspected after %d distinct queries (%d exceeded, CUSUM %.1f)",
+                "account %s suspected at its distinct query %d (%d exceeded, CUSUM %.1f)",
                 account,
-                state.distinct,
+                state.suspected_at_query,
                 state.exceedances,
                 state.cusum,
             )

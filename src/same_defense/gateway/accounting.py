@@ -3,6 +3,7 @@
 - :class:`Authenticator`: ``authorization: Bearer <key>`` in gRPC metadata, checked against the
   operator's :class:`~same_defense.accounts.KeyStore`; or, in the explicit anonymous mode, the
   caller's peer address is the account.
+- :class:`Throttle`: the optional rate limit for accounts under suspicion.
 - :func:`prepare_infer` / :func:`finish_infer`: rewrite a ``ModelInfer`` on its way to Triton
   (ask for the internal ``ACCOUNT_PVALUE`` output, state the account's suspicion in a request
   parameter, which the gateway alone may set) and on its way back (strip that output). A client
@@ -11,6 +12,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,3 +107,25 @@ def finish_infer(response: bytes) -> tuple[bytes, np.ndarray | None]:
         pvalues = np.asarray(message.outputs[i].contents.fp32_contents, dtype=np.float32)
     del message.outputs[i]
     return message.SerializeToString(), pvalues.astype(np.float64)
+
+
+class Throttle:
+    """Token bucket per account: at most ``rate`` requests/s (bursts of ``burst``) for an
+    account under suspicion, on top of the response policy. In this gateway's memory: with
+    several gateways each allows ``rate`` (the policy itself is shared through Redis)."""
+
+    def __init__(self, rate: float, burst: float = 1.0, clock=time.monotonic) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"need rate > 0 and burst >= 1, got {rate}, {burst}")
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, account: str) -> bool:
+        now = self.clock()
+        with self._lock:
+            tokens, last = self._buckets.get(account, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            allowed = tokens >= 1.0
+            self._buckets[account] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed

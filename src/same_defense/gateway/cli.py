@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             auth=options.authenticator(),
             accounts=options.service(read_manifest_file(args.manifest)),
             metrics_port=args.metrics_port,
+            throttle=options.throttle(),
         ).start()
     except OSError as exc:
         print(f"same-gateway: error: {exc}", file=sys.stderr)

@@ -62,6 +62,7 @@ class ProtectedService:
                 auth=self.accounts.authenticator(),
                 accounts=self.accounts.service(manifest),
                 metrics_port=self.gateway_metrics_port,
+                throttle=self.accounts.throttle(),
             ).start()
         except BaseException:
             self.triton.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..accounts import AccountService, KeyStore, MemoryStore, RedisStore
 from ..accounts.service import FAIL_MODES
 from ..core.accounts import AccountSettings
-from .accounting import Authenticator
+from .accounting import Authenticator, Throttle
 
 DEFAULT_KEYS = Path("accounts/keys.json")
 log = logging.getLogger("same.gateway")
@@ -26,6 +26,10 @@ class AccountOptions:
     redis_url: str | None = None  # None: state in the gateway's memory
     on_store_error: str = "closed"
     account_defense: bool = True  # False: per-query SAME only
+    suspected_rate: float | None = None  # requests/s for a suspected account (None: no limit)
+
+    def throttle(self) -> Throttle | None:
+        return Throttle(self.suspected_rate) if self.suspected_rate else None
 
     def authenticator(self) -> Authenticator:
         if self.anonymous:
@@ -65,6 +69,11 @@ def add_account_arguments(p: argparse.ArgumentParser) -> None:
         help="when the state store is down: refuse service (closed) or serve (open)",
     )
     g.add_argument(
+        "--suspected-rate",
+        type=float,
+        help="also throttle suspected accounts to this many requests/s (per gateway)",
+    )
+    g.add_argument(
         "--no-account-defense", action="store_true", help="per-query SAME only (no account test)"
     )
 
@@ -76,6 +85,7 @@ def options_from_args(args: argparse.Namespace) -> AccountOptions:
         redis_url=args.redis,
         on_store_error=args.on_store_error,
         account_defense=not args.no_account_defense,
+        suspected_rate=args.suspected_rate,
     )
 
 

@@ -21,6 +21,7 @@ from ..accounts import AccountService, AccountStateUnavailable
 from .accounting import (
     Authenticator,
     InternalOutputRequested,
+    Throttle,
     Unauthenticated,
     finish_infer,
     prepare_infer,
@@ -85,8 +86,10 @@ class _Handler(grpc.GenericRpcHandler):
         auth: Authenticator,
         accounts: AccountService | None,
         metrics: GatewayMetrics,
+        throttle: Throttle | None = None,
     ) -> None:
         self.channel = channel
+        self.throttle = throttle
         self.policy = policy
         self.auth = auth
         self.accounts = accounts
@@ -130,6 +133,11 @@ class _Handler(grpc.GenericRpcHandler):
         except AccountStateUnavailable as exc:
             self.metrics.state_errors.inc()
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        if suspected and self.throttle is not None and not self.throttle.allow(account):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"account under suspicion: limited to {self.throttle.rate:g} requests/s",
+            )
         response, pvalues = finish_infer(
             self._upstream_call("ModelInfer", prepared.request, context)
         )
@@ -178,6 +186,7 @@ class GatewayServer:
         auth: Authenticator | None = None,
         accounts: AccountService | None = None,
         metrics_port: int | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         """``auth`` is required: a key store, or the explicit anonymous mode. ``accounts``
         enables the account-level defense (None: per-query SAME only). ``metrics_port``
@@ -196,7 +205,7 @@ class GatewayServer:
         self.metrics_port = self.metrics.serve(metrics_port) if metrics_port is not None else None
         self._channel = grpc.insecure_channel(upstream, options=options)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
-        handler = _Handler(self._channel, self.policy, auth, accounts, self.metrics)
+        handler = _Handler(self._channel, self.policy, auth, accounts, self.metrics, throttle)
         self._server.add_generic_rpc_handlers((handler,))
         self.port = self._server.add_insecure_port(listen)
         if self.port == 0:
