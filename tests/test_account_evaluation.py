@@ -105,7 +105,8 @@ def test_quick_cli_writes_the_report(tiny_repository, tmp_path):
     out = tmp_path / "reports"
     rc = accounts_main([
         "--repository", str(tiny_repository), "--out", str(out), "--quick",
-        "--budget", "192", "--honest-accounts", "24", "--honest-queries", "200",
+        "--budget", "192", "--attacks", "noise", "--honest-accounts", "24",
+        "--honest-queries", "200",
     ])  # fmt: skip
     assert rc == 0
     report = json.loads((out / "accounts.json").read_text())

@@ -212,4 +212,6 @@ def test_tiny_bench_writes_the_expected_keys(server, tiny_repository, tmp_path, 
     assert "gap_wall" in report["saturation"]["4"] and "peak" in report["saturation"]
     assert set(report["goals"]["1"]) >= {"throughput_goal_met", "p99_goal_met"}
     assert "p50" in report["added_latency_ms"]["account_layer"]["1"]["1"]
+    cost = report["account_layer_us"]["4"]
+    assert cost["with_accounts"] > cost["keys_only"] > 0 and "added_with_accounts_redis" in cost
     assert report["ratios"]["gateway_same/same"]["4"]["2"]["throughput"] > 0

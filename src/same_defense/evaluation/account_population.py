@@ -113,7 +113,8 @@ class AccountOracle(_Accounting):
         """Per query sent: ``score``, ``flagged`` (per-query gate), ``forced`` (answered while
         its account was already suspected) or ``account`` (index of the account used)."""
         parts = self._view[key]
-        return np.concatenate(parts) if parts else np.zeros(0, bool if key != "score" else float)
+        empty = {"score": np.float64, "account": np.int64}.get(key, bool)
+        return np.concatenate(parts) if parts else np.zeros(0, empty)
 
     def summary(self) -> dict:
         """The operator's figures for this thief (JSON-ready)."""
@@ -322,4 +323,4 @@ def goals(one_account: list[dict], honest: dict) -> list[dict]:
     rows.append(
         {"goal": "honest accuracy lost <= 0.5 points", "measured": lost, "met": lost <= 0.5}
     )
-    return rows  # fmt: skip
+    return rows

@@ -31,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..accounts.local_redis import LocalRedis
 from ..serving.embedded import EmbeddedTriton, free_port
+from .account_cost import account_layer_cost
 from .common import (
     benign_images,
     current_settings,
@@ -484,6 +486,9 @@ def run(args: argparse.Namespace) -> dict:
             shutil.rmtree(repository.parent, ignore_errors=True)
     # With --url the server is not our child: its CPU time is unknown.
     derived = derive(results, args.batch_sizes, args.concurrency, server_cpu=bool(server_pids))
+    derived["account_layer_us"] = measure_account_layer(
+        args.batch_sizes, tuple(manifest["input_shape"])
+    )
     return {
         "config": {
             "batch_sizes": args.batch_sizes,
@@ -510,6 +515,24 @@ def run(args: argparse.Namespace) -> dict:
         **derived,
         "goals": goals(results, derived, args.batch_sizes, args.concurrency),
     }
+
+
+def measure_account_layer(batch_sizes: list[int], shape: tuple[int, ...]) -> dict:
+    """The gateway's per-request account work, in-process (memory and a local Redis)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            redis_server = LocalRedis(Path(tmp)).start()
+        except RuntimeError as exc:  # no redis-server here: memory only
+            print(f"   (account layer in Redis not measured: {exc})", flush=True)
+            redis_server = None
+        try:
+            url = redis_server.url if redis_server else None
+            cost = account_layer_cost(batch_sizes, shape, repeats=1000, redis_url=url)
+        finally:
+            if redis_server is not None:
+                redis_server.stop()
+    print(f"   account layer per request: {cost}", flush=True)
+    return cost
 
 
 def main(argv: list[str] | None = None) -> int:
