@@ -15,6 +15,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from ..core.accounts import AccountSettings, AccountState, clear_suspicion, upda
 from .store import AccountStore, MemoryStore, StoreUnavailable
 
 FAIL_MODES = ("closed", "open")
+T = TypeVar("T")
 log = logging.getLogger("same.accounts")
 
 
@@ -59,6 +61,8 @@ class AccountService:
         self.clock = clock
         self.store_errors = 0
         self.suspicions_raised = 0
+        # Called with (account, state) when an account becomes suspected (e.g. a metric).
+        self.on_suspicion: list[Callable[[str, AccountState], None]] = []
 
     def _unavailable(self, exc: StoreUnavailable) -> None:
         self.store_errors += 1
@@ -90,6 +94,8 @@ class AccountService:
             return None
         if state.is_suspected(now, self.settings) and not before[-1]:
             self.suspicions_raised += 1
+            for listener in self.on_suspicion:
+                listener(account, state)
             log.warning(
                 "account %s suspected at its distinct query %d (%d exceeded, CUSUM %.1f)",
                 account,
@@ -98,6 +104,25 @@ class AccountService:
                 state.cusum,
             )
         return state
+
+    def serve(
+        self, account: str, answer: Callable[[bool], tuple[T, np.ndarray, list[str]]]
+    ) -> tuple[T, bool]:
+        """Answer one request of ``account`` and feed it to the account's test.
+
+        ``answer(suspected)`` computes the reply (with the policy on every query when
+        ``suspected``) and returns ``(reply, p-values, sample hashes)``. If the alarm fires
+        inside this very request, the request is answered again as suspected: otherwise a
+        thief with more accounts than requests (each account sending one large batch) would
+        never receive a policy answer. Returns ``(reply, answered_as_suspected)``.
+        """
+        suspected = self.is_suspected(account)
+        reply, pvalues, hashes = answer(suspected)
+        state = self.record(account, pvalues, hashes) if pvalues is not None else None
+        if not suspected and state is not None and state.is_suspected(self.clock(), self.settings):
+            reply, _, _ = answer(True)
+            return reply, True
+        return reply, suspected
 
     def clear(self, account: str) -> AccountState:
         state = clear_suspicion(self.store.get(account))

@@ -86,15 +86,20 @@ class AccountOracle(_Accounting):
         index = self.batches % len(self.names)
         name = self.names[index]
         self.batches += 1
-        force = self.service.is_suspected(name)
         out = self.graphs.run(images)
         problems = find_input_problems(out.input_stats)
         if problems:  # the served ensemble refuses these before any account bookkeeping
             raise InvalidInput(describe_problems(problems))
-        decision = defend(
-            out.logits, out.recon_error, out.shadow_logits, self.settings, force=force
-        )
-        self.service.record(name, decision.pvalues, sample_hashes(images))
+        hashes = sample_hashes(images)
+
+        def answer(suspected: bool):
+            decision = defend(
+                out.logits, out.recon_error, out.shadow_logits, self.settings, force=suspected
+            )
+            return decision, decision.pvalues, hashes
+
+        # The gateway's own path: a batch that raises the alarm is answered as suspected.
+        decision, force = self.service.serve(name, answer)
         if name not in self.first_suspected and ever_suspected(self.service, name):
             self.first_suspected[name] = self.queries_used + len(images)
         n = len(images)
@@ -206,8 +211,8 @@ def run_honest_population(
 
     The graph outputs of the test split are computed once (``outputs``) and both answers
     (normal and forced) precomputed per image, so the population costs little; the account
-    layer itself is not shortcut: every request goes through ``service.is_suspected`` and
-    ``service.record`` with its p-values and sample hashes.
+    layer itself is not shortcut: every request goes through ``service.serve`` (the gateway's
+    path) with its p-values and sample hashes.
     """
     normal = defend(outputs.logits, outputs.recon_error, outputs.shadow_logits, settings)
     forced = defend(
@@ -223,8 +228,14 @@ def run_honest_population(
         name = f"honest-{kind}-{ordinal}"
         rng = np.random.default_rng([seed, j])
         for idx in honest_requests(kind, ordinal, labels, queries, rng):
-            answer = forced if service.is_suspected(name) else normal
-            service.record(name, normal.pvalues[idx], list(hashes[idx]))
+            answer, _ = service.serve(
+                name,
+                lambda s, idx=idx: (
+                    forced if s else normal,
+                    normal.pvalues[idx],
+                    list(hashes[idx]),
+                ),
+            )
             got = answer.labels[idx] == labels[idx]
             stats[kind][2:] += (len(idx), victim_ok[idx].sum(), got.sum(),
                                 (normal.labels[idx] == labels[idx]).sum())  # fmt: skip

@@ -15,6 +15,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
+import numpy as np
 from tritonclient.grpc import service_pb2
 
 from ..accounts import AccountService, AccountStateUnavailable
@@ -125,32 +126,35 @@ class _Handler(grpc.GenericRpcHandler):
         return self._upstream_call(method, request, context)
 
     def _infer(self, account: str, request: bytes, context: grpc.ServicerContext) -> bytes:
-        try:
-            suspected = self.accounts is not None and self.accounts.is_suspected(account)
+        samples = 0
+
+        def answer(suspected: bool) -> tuple[bytes, np.ndarray | None, list[str]]:
+            nonlocal samples
+            if suspected and self.throttle is not None and not self.throttle.allow(account):
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"account under suspicion: limited to {self.throttle.rate:g} requests/s",
+                )
             prepared = prepare_infer(request, suspected)
+            samples = prepared.samples
+            response, pvalues = finish_infer(
+                self._upstream_call("ModelInfer", prepared.request, context)
+            )
+            if pvalues is not None and len(pvalues) != prepared.samples:
+                pvalues = None  # not this ensemble's answer: nothing to feed the test
+            return response, pvalues, prepared.hashes
+
+        try:
+            if self.accounts is None:
+                response, suspected = answer(False)[0], False
+            else:
+                response, suspected = self.accounts.serve(account, answer)
         except InternalOutputRequested as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except AccountStateUnavailable as exc:
             self.metrics.state_errors.inc()
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        if suspected and self.throttle is not None and not self.throttle.allow(account):
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"account under suspicion: limited to {self.throttle.rate:g} requests/s",
-            )
-        response, pvalues = finish_infer(
-            self._upstream_call("ModelInfer", prepared.request, context)
-        )
-        self.metrics.observe(account, prepared.samples, suspected)
-        if self.accounts is not None and pvalues is not None and len(pvalues) == prepared.samples:
-            try:
-                state = self.accounts.record(account, pvalues, prepared.hashes)
-            except AccountStateUnavailable as exc:
-                # Answered already computed; failing closed still withholds it.
-                self.metrics.state_errors.inc()
-                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            if state is not None and not suspected and state.suspected_at_query > 0:
-                self.metrics.suspicions.inc()
+        self.metrics.observe(account, samples, suspected)
         return response
 
     def _upstream_call(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -202,6 +206,8 @@ class GatewayServer:
         self.upstream = upstream
         self.accounts = accounts
         self.metrics = GatewayMetrics()
+        if accounts is not None:
+            accounts.on_suspicion.append(lambda *_: self.metrics.suspicions.inc())
         self.metrics_port = self.metrics.serve(metrics_port) if metrics_port is not None else None
         self._channel = grpc.insecure_channel(upstream, options=options)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
