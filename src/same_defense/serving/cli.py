@@ -56,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
             http_port=args.http_port, metrics_port=args.metrics_port, log_file=args.log_file,
             accounts=options_from_args(args), gateway_metrics_port=args.gateway_metrics_port,
         )  # fmt: skip
+    if not args.direct and not args.anonymous and not args.keys.exists():
+        print(
+            f"same-serve: note: no key file at {args.keys}: every call will be refused "
+            "(UNAUTHENTICATED). Add a key with `same-accounts add NAME`, or use --anonymous.",
+            file=sys.stderr,
+        )
     try:
         service.start(args.timeout)
     except (ServerError, OSError) as exc:
