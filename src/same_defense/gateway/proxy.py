@@ -42,8 +42,16 @@ MODEL_METHODS: dict[str, Callable[[bytes], str]] = {
     "ModelInfer": lambda b: service_pb2.ModelInferRequest.FromString(b).model_name,
 }
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# Metadata that describes the hop, not the request: not forwarded.
-_HOP_HEADERS = {"user-agent", "grpc-accept-encoding", "grpc-encoding", "te", "content-type"}
+# Metadata that describes the hop, not the request, and the client's API key (it ends at the
+# gateway: Triton never sees or logs it): not forwarded.
+_HOP_HEADERS = {
+    "user-agent",
+    "grpc-accept-encoding",
+    "grpc-encoding",
+    "te",
+    "content-type",
+    "authorization",
+}
 
 log = logging.getLogger("same.gateway")
 
