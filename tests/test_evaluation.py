@@ -257,6 +257,7 @@ def test_tiny_matrix_writes_the_report(tiny_repository, tmp_path):
         "same-a0.99",
         "same-a1",
         "same-a0",
+        "same-a0.997481",  # the authors' a = 0.99 on [-1, 1] pixels
         "same-client32",
         "max-softmax",
         "energy",
