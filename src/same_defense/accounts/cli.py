@@ -20,11 +20,10 @@ import sys
 from pathlib import Path
 
 from ..core.accounts import AccountSettings
-from .keys import KeyStore, KeyStoreError
+from .keys import DEFAULT_KEY_FILE, KeyStore, KeyStoreError
 from .service import AccountService
 from .store import RedisStore, StoreUnavailable
 
-DEFAULT_KEYS = Path("accounts/keys.json")
 DEFAULT_MANIFEST = Path("model_repository/defense/1/same_calibration.json")
 
 
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--keys", type=Path, default=DEFAULT_KEYS, help="the gateway's key file")
+    p.add_argument("--keys", type=Path, default=DEFAULT_KEY_FILE, help="the gateway's key file")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="shared state store")
     p.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="account settings")
     sub = p.add_subparsers(dest="command", required=True)

@@ -16,6 +16,9 @@ import threading
 import time
 from pathlib import Path
 
+# Where the operator's keys live by default (relative to the working directory, like
+# model_repository/): same-accounts writes it, same-serve and same-gateway read it.
+DEFAULT_KEY_FILE = Path("accounts/keys.json")
 ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..accounts import AccountService, KeyStore, MemoryStore, RedisStore
+from ..accounts.keys import DEFAULT_KEY_FILE
 from ..accounts.service import FAIL_MODES
 from ..core.accounts import AccountSettings
 from .accounting import Authenticator, Throttle
 
-DEFAULT_KEYS = Path("accounts/keys.json")
 log = logging.getLogger("same.gateway")
 
 
@@ -21,7 +21,7 @@ log = logging.getLogger("same.gateway")
 class AccountOptions:
     """How the gateway knows its callers and where it keeps their state."""
 
-    keys_file: Path | None = DEFAULT_KEYS  # None with anonymous=True
+    keys_file: Path | None = DEFAULT_KEY_FILE  # None with anonymous=True
     anonymous: bool = False  # account = caller's address (no keys)
     redis_url: str | None = None  # None: state in the gateway's memory
     on_store_error: str = "closed"
@@ -56,7 +56,7 @@ class AccountOptions:
 def add_account_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("accounts")
     g.add_argument(
-        "--keys", type=Path, default=DEFAULT_KEYS, help="API key file (same-accounts add NAME)"
+        "--keys", type=Path, default=DEFAULT_KEY_FILE, help="API key file (same-accounts add NAME)"
     )
     g.add_argument(
         "--anonymous", action="store_true", help="no keys: each caller address is an account"
