@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..core.accounts import AccountSettings
+from ..core.accounts import AccountSettings, account_settings_from_manifest
 from .keys import DEFAULT_KEY_FILE, KeyStore, KeyStoreError
 from .service import AccountService
 from .store import RedisStore, StoreUnavailable
@@ -28,10 +28,8 @@ DEFAULT_MANIFEST = Path("model_repository/defense/1/same_calibration.json")
 
 
 def _service(args: argparse.Namespace) -> AccountService:
-    settings = AccountSettings()
-    if args.manifest.exists():
-        section = json.loads(args.manifest.read_text()).get("accounts") or {}
-        settings = AccountSettings.from_dict(section.get("settings", {}))
+    manifest = json.loads(args.manifest.read_text()) if args.manifest.exists() else None
+    settings = account_settings_from_manifest(manifest) or AccountSettings()
     return AccountService(settings, RedisStore(args.redis))
 
 

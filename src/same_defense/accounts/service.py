@@ -60,7 +60,6 @@ class AccountService:
         self.on_store_error = on_store_error
         self.clock = clock
         self.store_errors = 0
-        self.suspicions_raised = 0
         # Called with (account, state) when an account becomes suspected (e.g. a metric).
         self.on_suspicion: list[Callable[[str, AccountState], None]] = []
 
@@ -93,7 +92,6 @@ class AccountService:
             self._unavailable(exc)
             return None
         if state.is_suspected(now, self.settings) and not before[-1]:
-            self.suspicions_raised += 1
             for listener in self.on_suspicion:
                 listener(account, state)
             log.warning(

@@ -176,10 +176,18 @@ def clear_suspicion(state: AccountState) -> AccountState:
     return s
 
 
+def account_settings_from_manifest(manifest: dict | None) -> AccountSettings | None:
+    """The account test's settings the build wrote, or None if it wrote none."""
+    section = (manifest or {}).get("accounts")
+    return AccountSettings.from_dict(section.get("settings", {})) if section else None
+
+
 def reference_from_manifest(manifest: dict) -> tuple[list[np.ndarray], AccountSettings] | None:
     """The per-class references and test settings the build wrote, or None if absent."""
-    section = manifest.get("accounts")
-    if not section:
+    settings = account_settings_from_manifest(manifest)
+    if settings is None:
         return None
-    reference = [np.sort(np.asarray(r, dtype=np.float64)) for r in section["reference"]]
-    return reference, AccountSettings.from_dict(section.get("settings", {}))
+    reference = [
+        np.sort(np.asarray(r, dtype=np.float64)) for r in manifest["accounts"]["reference"]
+    ]
+    return reference, settings

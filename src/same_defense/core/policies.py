@@ -111,8 +111,6 @@ def apply_policy(
     probs = np.asarray(probs, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     flagged = np.ones(len(scores), bool) if force else scores > threshold
-    if logits is None:
-        logits = np.log(np.maximum(probs, np.finfo(np.float64).tiny))
     out = probs.copy()
     if policy == "monitor":
         pass
@@ -129,11 +127,10 @@ def apply_policy(
             h = np.ones(len(scores))
         else:
             h = misinformation_gate(scores, threshold, params.nu, params.margin)
-        target = (
-            shifted_misinformation_target(probs)
-            if params.target == "shifted"
-            else misinformation_target(logits)
-        )
+        if params.target == "shifted":
+            target = shifted_misinformation_target(probs)
+        else:  # None: mix_misinformation derives it from log(probs)
+            target = None if logits is None else misinformation_target(logits)
         out = mix_misinformation(probs, h, target)
     else:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICY_NAMES)}")

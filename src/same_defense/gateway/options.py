@@ -11,7 +11,7 @@ from pathlib import Path
 from ..accounts import AccountService, KeyStore, MemoryStore, RedisStore
 from ..accounts.keys import DEFAULT_KEY_FILE
 from ..accounts.service import FAIL_MODES
-from ..core.accounts import AccountSettings
+from ..core.accounts import account_settings_from_manifest
 from .accounting import Authenticator, Throttle
 
 log = logging.getLogger("same.gateway")
@@ -42,11 +42,10 @@ class AccountOptions:
         """The account defense for a repository's manifest (None if off or not calibrated)."""
         if not self.account_defense:
             return None
-        section = (manifest or {}).get("accounts")
-        if not section:
+        settings = account_settings_from_manifest(manifest)
+        if settings is None:
             log.warning("manifest has no account calibration: account-level defense off")
             return None
-        settings = AccountSettings.from_dict(section.get("settings", {}))
         store = (
             RedisStore(self.redis_url) if self.redis_url else MemoryStore(settings.dedupe_window)
         )
