@@ -16,10 +16,9 @@ import torch
 
 from ..core import DEFAULT_ALPHA, DEFAULT_POLICY, softmax
 from ..core.manifest import MANIFEST_NAME, load_verified_manifest
-from ..data import DATASET_CHOICES, load_dataset, split_dataset
+from ..data import DATASET_CHOICES, ImageSet, Splits, load_dataset, split_dataset
 from ..models import (
     MAE_PRESETS,
-    VICTIM_ARCHITECTURES,
     MaskedAutoencoder,
     ReconstructorGraph,
     build_classifier,
@@ -28,15 +27,28 @@ from ..serving.inprocess import GraphRunner
 from ..train import (
     SHADOW_RECIPES,
     TrainConfig,
-    evaluate_accuracy,
-    predict_logits,
     train_classifier,
     train_mae,
     train_shadow,
 )
 from .calibration import calibrate
-from .onnx_export import RECONSTRUCTOR_IO, VICTIM_IO, export_onnx, max_abs_difference
+from .onnx_export import RECONSTRUCTOR_IO, export_onnx, max_abs_difference
 from .repository import ONNX_FILES, ServingSettings, refresh_defense_code, write_repository
+from .victim_import import (
+    PreparedVictim,
+    add_victim_arguments,
+    check_victim_graph,
+    choose_shadow_architecture,
+    export_torch_victim,
+    import_onnx_victim,
+    import_torch_victim,
+    load_state_dict,
+    trained_victim_source,
+    victim_answers,
+    victim_arguments_problem,
+    victim_options,
+    warn_if_near_chance,
+)
 
 # Epochs per preset: (victim, MAE, shadow).
 EPOCHS = {"cpu": (12, 40, 12), "paper": (30, 500, 30), "tiny": (1, 1, 1)}
@@ -67,10 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--preset", choices=sorted(MAE_PRESETS), default="cpu", help="MAE size and epochs"
     )
-    p.add_argument("--victim-arch", choices=VICTIM_ARCHITECTURES, default="cnn3")
-    p.add_argument(
-        "--victim-checkpoint", type=Path, help="load this victim state_dict instead of training"
-    )
+    add_victim_arguments(p)  # the victim group: trained, --victim-onnx or --victim-torch
     p.add_argument(
         "--mae-checkpoint", type=Path, help="load this MAE state_dict instead of training"
     )
@@ -99,7 +108,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep the repository's trained graphs; recompute threshold (for --alpha, "
         "--target-fpr) and account references from its data, and rewrite the manifest",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    problem = victim_arguments_problem(args)
+    if problem:
+        p.error(problem)
+    return args
+
+
+def victim_stage(
+    args: argparse.Namespace, train: ImageSet, splits: Splits, epochs: int, report: BuildReport
+) -> PreparedVictim:
+    """Train, load or import the victim and write the graph Triton will serve.
+
+    Everything downstream (accuracy, the shadow's targets, calibration) reads that graph in
+    onnxruntime, so a provided victim is checked on the provider's test images here, before
+    minutes of MAE and shadow training are spent on its answers.
+    """
+    options = victim_options(args)
+    out = args.artifacts / "victim.onnx"
+    shape, classes = train.input_shape, len(train.class_names)
+    example, check = splits.calibration.images[:2], splits.calibration.images[:512]
+    if options.kind == "onnx":
+        victim = import_onnx_victim(options, shape, classes, out)
+    elif options.kind == "torch":
+        victim = import_torch_victim(options, example, check, out, ONNX_TOLERANCE)
+    else:
+        model = build_classifier(options.architecture, shape, classes)
+        if options.checkpoint:
+            load_state_dict(model, options.checkpoint)
+        else:
+            cfg = TrainConfig(epochs=epochs, seed=args.seed, progress=not args.quiet)
+            train_classifier(model, train.images, train.labels, cfg)
+        torch.save(model.eval().state_dict(), args.artifacts / "victim.pt")
+        _, diff = export_torch_victim(model, example, check, out, ONNX_TOLERANCE)
+        source = trained_victim_source(options)
+        victim = PreparedVictim(out, options.architecture, source, onnx_max_abs_diff=diff)
+    if victim.onnx_max_abs_diff is not None:
+        report.figures["onnx_max_abs_diff_victim"] = victim.onnx_max_abs_diff
+        print(f"   victim: ONNX vs PyTorch max |diff| = {victim.onnx_max_abs_diff:.2e}")
+    check_victim_graph(out, splits.test.images, classes)
+    logits = victim_answers(out, splits.test.images)
+    acc = float((logits.argmax(axis=1) == splits.test.labels).mean())
+    report.figures["victim_test_accuracy"] = round(acc, 4)
+    print(f"   victim ({victim.source['kind']}) test accuracy {acc:.4f}, served graph")
+    warn_if_near_chance(acc, classes, victim.source["kind"])
+    return victim
 
 
 def build(args: argparse.Namespace) -> BuildReport:
@@ -124,17 +177,7 @@ def build(args: argparse.Namespace) -> BuildReport:
         )
 
     with report.stage("victim"):
-        victim = build_classifier(args.victim_arch, shape, classes)
-        if args.victim_checkpoint:
-            victim.load_state_dict(torch.load(args.victim_checkpoint, weights_only=True))
-        else:
-            cfg = TrainConfig(epochs=victim_epochs, seed=args.seed, progress=progress)
-            train_classifier(victim, train.images, train.labels, cfg)
-        victim.eval()
-        torch.save(victim.state_dict(), args.artifacts / "victim.pt")
-        acc = evaluate_accuracy(victim, splits.test.images, splits.test.labels)
-        report.figures["victim_test_accuracy"] = round(acc, 4)
-        print(f"   victim test accuracy {acc:.4f}")
+        victim = victim_stage(args, train, splits, victim_epochs, report)
 
     with report.stage("mae"):
         mae = MaskedAutoencoder(shape, MAE_PRESETS[args.preset])
@@ -154,8 +197,11 @@ def build(args: argparse.Namespace) -> BuildReport:
         torch.save(mae.state_dict(), args.artifacts / "mae.pt")
 
     with report.stage("shadow"):
-        victim_probs = softmax(predict_logits(victim, train.images))
-        shadow = build_classifier(args.victim_arch, shape, classes)
+        # The victim's answers from the graph Triton serves, whatever the victim's origin.
+        victim_probs = softmax(victim_answers(victim.onnx_path, train.images))
+        shadow_arch = choose_shadow_architecture(args.shadow_arch, victim.architecture, shape)
+        print(f"   shadow architecture {shadow_arch}")
+        shadow = build_classifier(shadow_arch, shape, classes)
         if args.shadow_recipe == "authors":  # SGD wants a larger step than Adam
             cfg = TrainConfig(epochs=shadow_epochs, lr=0.01, seed=args.seed, progress=progress)
         else:
@@ -168,15 +214,12 @@ def build(args: argparse.Namespace) -> BuildReport:
     with report.stage("onnx"):
         graph = ReconstructorGraph(mae, shadow).eval()
         example = splits.calibration.images[:2]
-        victim_onnx = export_onnx(victim, example, args.artifacts / "victim.onnx", VICTIM_IO)
+        victim_onnx = victim.onnx_path  # written and checked by the victim stage
         recon_onnx = export_onnx(
             graph, example, args.artifacts / "reconstructor.onnx", RECONSTRUCTOR_IO
         )
         check = splits.calibration.images[:512]
-        diffs = {
-            "victim": max_abs_difference(victim, victim_onnx, check),
-            "reconstructor": max_abs_difference(graph, recon_onnx, check),
-        }
+        diffs = {"reconstructor": max_abs_difference(graph, recon_onnx, check)}
         for name, diff in diffs.items():
             report.figures[f"onnx_max_abs_diff_{name}"] = diff
             print(f"   {name}: ONNX vs PyTorch max |diff| = {diff:.2e}")
@@ -209,12 +252,21 @@ def build(args: argparse.Namespace) -> BuildReport:
             "dataset": args.data,
             "preset": args.preset,
             "mae": MAE_PRESETS[args.preset].to_dict(),
-            "victim_architecture": args.victim_arch,
+            "victim_architecture": victim.architecture,  # "provided" for imported victims
+            "victim_source": victim.source,
+            "shadow_architecture": shadow_arch,
             "shadow_recipe": args.shadow_recipe,
             "victim_test_accuracy": report.figures["victim_test_accuracy"],
             "seed": args.seed,
         }
-        manifest = write_repository(args.repository, victim_onnx, recon_onnx, settings, calibration)
+        manifest = write_repository(
+            args.repository,
+            victim_onnx,
+            recon_onnx,
+            settings,
+            calibration,
+            provided_victim=victim.provided_file,
+        )
         print(f"   wrote {args.repository} (manifest {manifest})")
 
     args.report.parent.mkdir(parents=True, exist_ok=True)

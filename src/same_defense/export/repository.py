@@ -29,6 +29,9 @@ MANIFEST_VERSION = 1
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 DEFENSE_STEP_SOURCE = PROJECT_ROOT / "model_repository" / "defense" / "1" / "model.py"
 ONNX_FILES = {"victim": "victim/1/model.onnx", "reconstructor": "reconstructor/1/model.onnx"}
+# A provider's own ONNX victim, kept verbatim beside the served wrapper (victim/1/model.onnx
+# adds its preprocessing). Triton loads only version folders, so this file is not served.
+PROVIDED_VICTIM_FILE = "victim/provided.onnx"
 
 
 @dataclass(frozen=True)
@@ -275,9 +278,20 @@ def write_repository(
     reconstructor_onnx: Path,
     settings: ServingSettings,
     calibration: dict,
+    provided_victim: Path | None = None,
 ) -> Path:
-    """Place the ONNX files, configs, defense code and manifest; return the manifest path."""
+    """Place the ONNX files, configs, defense code and manifest; return the manifest path.
+
+    ``provided_victim`` (a provider's ONNX file) is copied verbatim to PROVIDED_VICTIM_FILE
+    and hashed with the served graphs, so the manifest vouches for what was wrapped.
+    """
     write_configs(repository, settings)
+    provided = repository / PROVIDED_VICTIM_FILE
+    if provided_victim is not None:
+        if Path(provided_victim).resolve() != provided.resolve():
+            shutil.copyfile(provided_victim, provided)
+    elif provided.exists():  # left by an earlier build of another victim: not this one's
+        provided.unlink()
     for src, rel in (
         (victim_onnx, ONNX_FILES["victim"]),
         (reconstructor_onnx, ONNX_FILES["reconstructor"]),
@@ -290,7 +304,10 @@ def write_repository(
         "format_version": MANIFEST_VERSION,
         **calibration,
         "serving": asdict(settings),
-        "onnx_sha256": {rel: sha256_file(str(repository / rel)) for rel in ONNX_FILES.values()},
+        "onnx_sha256": {
+            rel: sha256_file(str(repository / rel))
+            for rel in [*ONNX_FILES.values()] + ([PROVIDED_VICTIM_FILE] if provided_victim else [])
+        },
     }
     path = repository / "defense" / "1" / MANIFEST_NAME
     path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -1,6 +1,8 @@
 """Victim classifiers: the paper's 3-conv CNN for 1x28x28 and ResNet-18 for 3x32x32.
 
-The shadow classifier of SAME uses the same architecture as the victim.
+Both take any (C, H, W) and class count (cnn3 from 8x8). SAME's shadow classifier uses one of
+them: the victim's own architecture when the build trained it, else one chosen by image size
+for a provided victim (``export.victim_import.choose_shadow_architecture``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ class Cnn3(nn.Module):
     def __init__(self, in_shape: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()
         channels = in_shape[0]
+        if min(in_shape[1:]) < 8:  # three 2x poolings would leave no pixel
+            raise ValueError(f"cnn3 needs images of at least 8x8, got {in_shape}: use resnet18")
         self.features = nn.Sequential(
             nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
