@@ -91,3 +91,45 @@ def test_query_sources_follow_the_convention(source, shape):
     x = make_query_set(source, 5, shape, seed=0)
     assert x.shape == (5, *shape) and x.dtype == np.float32
     assert 0 <= x.min() and x.max() <= 1 and x.std() > 0.01
+
+
+def test_cifar100_loader_reads_fine_labels_and_names(tmp_path):
+    from .tiny_rgb import write_cifar100
+
+    write_cifar100(tmp_path, n=40)
+    data = load_dataset("cifar100", tmp_path)
+    assert data.images.shape == (40, 3, 32, 32) and data.images.dtype == np.float32
+    assert len(data.class_names) == 100 and data.labels.max() < 100
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 16, 24)])
+def test_conform_converts_channels_and_size(shape):
+    from same_defense.data.queries import conform
+
+    rgb = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+    out = conform(rgb, shape)
+    assert out.shape == (4, *shape) and out.dtype == np.float32
+    assert 0 <= out.min() and out.max() <= 1
+    if shape == (3, 32, 32):
+        np.testing.assert_array_equal(out, rgb)
+
+
+def test_cifar100_transfer_set_needs_its_files(tmp_path):
+    from same_defense.attacks import transfer_set, transfer_set_available
+
+    from .tiny_rgb import write_cifar100
+
+    assert not transfer_set_available("cifar100", tmp_path)
+    with pytest.raises(FileNotFoundError, match="cifar-100-python"):
+        transfer_set("cifar100", 10, (3, 32, 32), root=tmp_path)
+    write_cifar100(tmp_path, n=40)
+    pool, groups = transfer_set("cifar100", 60, (1, 28, 28), seed=1, root=tmp_path)
+    assert pool.shape == (60, 1, 28, 28) and groups.shape == (60,)  # 40 files + 20 shifted
+
+
+def test_mae_patch_fits_the_image_size():
+    from same_defense.models import MAE_PRESETS, fit_to_shape
+
+    assert fit_to_shape(MAE_PRESETS["tiny"], (1, 28, 28)).patch == 7
+    assert fit_to_shape(MAE_PRESETS["tiny"], (3, 32, 32)).patch == 8
+    assert fit_to_shape(MAE_PRESETS["cpu"], (3, 32, 32)) is MAE_PRESETS["cpu"]

@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from .accounts import KeyStore
 from .client import SameClient
-from .data import QUERY_SOURCES, load_dataset, make_query_set, split_dataset
+from .data import QUERY_SOURCES, make_query_set, splits_from_manifest
 from .export.build import main as build_main
 from .export.repository import read_manifest, refresh_defense_code
 from .gateway.deployment import ProtectedService
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         refresh_defense_code(args.repository)
     timings["build_s"] = round(time.perf_counter() - start, 1)
     manifest = read_manifest(args.repository)
-    splits = split_dataset(load_dataset(manifest["dataset"]), seed=manifest["seed"])
+    splits = splits_from_manifest(manifest)
     shape = tuple(manifest["input_shape"])
 
     t = time.perf_counter()

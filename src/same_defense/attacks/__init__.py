@@ -6,10 +6,17 @@ labels only. See ``evaluation/`` for the matrix that runs them against each defe
 """
 
 from .base import AttackResult, query_in_batches
-from .clone import OUTPUT_TYPES, CloneConfig, CloneTrainer, predict, training_targets
+from .clone import (
+    OUTPUT_TYPES,
+    CloneConfig,
+    CloneTrainer,
+    clone_architecture,
+    predict,
+    training_targets,
+)
 from .dfme import Dfme, Generator
 from .jbda import Jbda, jacobian_step
-from .knockoff import TRANSFER_SETS, KnockoffNets, transfer_set
+from .knockoff import TRANSFER_SETS, KnockoffNets, transfer_set, transfer_set_available
 from .noise import UniformNoise
 from .oracle import Answer, BudgetExceeded, GrpcOracle, InProcessOracle, LabelOnly, Oracle
 
@@ -30,9 +37,11 @@ __all__ = [
     "LabelOnly",
     "Oracle",
     "UniformNoise",
+    "clone_architecture",
     "jacobian_step",
     "predict",
     "query_in_batches",
     "training_targets",
     "transfer_set",
+    "transfer_set_available",
 ]

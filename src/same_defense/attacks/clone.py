@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import build_classifier
+from ..models import VICTIM_ARCHITECTURES, build_classifier
 from ..train import TrainConfig, predict_logits, train_classifier
 from .oracle import Answer
 
@@ -67,6 +67,16 @@ def _digest(*arrays: np.ndarray, extra: str = "") -> str:
 
 def _state_digest(model: nn.Module) -> str:
     return _digest(*(t.detach().cpu().numpy() for t in model.state_dict().values()))
+
+
+def clone_architecture(manifest: dict) -> str:
+    """The thief's default clone architecture for a repository: the victim's own when the
+    build trained it, else the shadow's (a provided victim's architecture is unknown to us,
+    and the build chose the shadow's by input size)."""
+    victim = manifest.get("victim_architecture", "cnn3")
+    if victim in VICTIM_ARCHITECTURES:
+        return victim
+    return manifest.get("shadow_architecture", "cnn3")
 
 
 class CloneTrainer:

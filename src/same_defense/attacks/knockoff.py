@@ -10,30 +10,57 @@ Two sampling strategies, as in the paper:
   paper's ``loss`` reward needs a clone retrained during querying and is left out to keep
   the attack CPU-sized.
 
-Transfer sets here: sklearn's 8x8 digits upscaled (the stand-in for EMNIST-digits) and crops
-of sklearn's sample photographs, both built by :func:`transfer_set`.
+Transfer sets here: sklearn's 8x8 digits upscaled (the stand-in for EMNIST-digits), crops
+of sklearn's sample photographs, and CIFAR-100 read from local files (the paper's transfer set
+for a CIFAR-10 victim), all built by :func:`transfer_set`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from ..data.queries import digits8x8, make_query_set
+from ..data.datasets import load_dataset
+from ..data.queries import conform, digits8x8, make_query_set
 from .base import AttackResult, Evaluate, concat_answers, extend_pool, query_in_batches, spendable
 from .clone import CloneTrainer
 from .oracle import Answer, Oracle
 
-TRANSFER_SETS = ("digits8x8", "natural")
+TRANSFER_SETS = ("digits8x8", "natural", "cifar100")
+# Transfer sets read from local files: the folder under ``root`` that must exist.
+LOCAL_TRANSFER_SETS = {"cifar100": "cifar-100-python"}
+
+
+def transfer_set_available(source: str, root: str | Path | None) -> bool:
+    """Whether ``source`` can be built here (the packaged ones always can)."""
+    folder = LOCAL_TRANSFER_SETS.get(source)
+    return folder is None or (root is not None and (Path(root) / folder).is_dir())
 
 
 def transfer_set(
-    source: str, size: int, shape: tuple[int, int, int], seed: int = 0
+    source: str,
+    size: int,
+    shape: tuple[int, int, int],
+    seed: int = 0,
+    root: str | Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(images, groups)``: the pool a KnockoffNets attacker samples from.
 
-    Groups are what adaptive sampling chooses between: the digit labels the 8x8 set comes
-    with (an attacker holding EMNIST knows its labels), or k-means clusters of the crops.
+    Groups are what adaptive sampling chooses between: the labels the set comes with (an
+    attacker holding EMNIST or CIFAR-100 knows its labels), or k-means clusters of the crops.
+    ``root`` holds the files of a local set (``cifar100``: ``<root>/cifar-100-python``).
     """
+    if source in LOCAL_TRANSFER_SETS:
+        if not transfer_set_available(source, root):
+            raise FileNotFoundError(
+                f"transfer set {source} needs {LOCAL_TRANSFER_SETS[source]}/ under a root "
+                f"folder (got {root}); pass --transfer-root"
+            )
+        data = load_dataset(source, root)
+        pick = np.random.default_rng(seed).permutation(len(data))[:size]
+        base, groups = conform(data.images[pick], shape), data.labels[pick]
+        return extend_pool(base, groups, size, seed)
     if source == "digits8x8":
         base, groups = digits8x8(min(size, 1797), shape, seed)
         return extend_pool(base, groups, size, seed)

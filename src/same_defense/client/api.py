@@ -6,6 +6,7 @@ says what to do, never a raw gRPC traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -83,6 +84,7 @@ class SameClient:
         self._client = grpcclient.InferenceServerClient(url)
         self._max_batch: int | None = None
         self._input_shape: tuple[int, ...] | None = None
+        self._class_names: tuple[str, ...] = ()
 
     def __enter__(self) -> SameClient:
         return self
@@ -112,6 +114,11 @@ class SameClient:
         self._max_batch = int(config.get("max_batch_size", 0)) or None
         dims = config["input"][0]["dims"]
         self._input_shape = tuple(int(d) for d in dims)
+        names = config.get("parameters", {}).get("class_names", {}).get("string_value")
+        try:
+            self._class_names = tuple(str(n) for n in json.loads(names)) if names else ()
+        except ValueError:  # a hand-written config: labels stay numbers
+            self._class_names = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -119,6 +126,18 @@ class SameClient:
         if self._input_shape is None:
             self._load_metadata()
         return self._input_shape  # type: ignore[return-value]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """What each label means, from the model's config (empty when it does not say)."""
+        if self._input_shape is None:
+            self._load_metadata()
+        return self._class_names
+
+    def class_name(self, label: int) -> str | None:
+        """The name of ``label``; None for a refusal (-1) or when the config names none."""
+        names = self.class_names
+        return names[label] if 0 <= label < len(names) else None
 
     @property
     def max_batch_size(self) -> int | None:

@@ -65,6 +65,7 @@ def _classify(args: argparse.Namespace) -> int:
                         "file": str(path),
                         "index": i,
                         "label": int(label),
+                        "class_name": client.class_name(int(label)),
                         "confidence": float(probs.max()),
                         "probs": probs.round(6).tolist(),
                     }
@@ -74,6 +75,8 @@ def _classify(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             label = "refused" if r["label"] < 0 else r["label"]
+            if r["class_name"] is not None and r["class_name"] != str(r["label"]):
+                label = f"{label} ({r['class_name']})"
             print(f"{r['file']}[{r['index']}]\tlabel={label}\tconfidence={r['confidence']:.3f}")
     return 0
 

@@ -178,8 +178,8 @@ def clear_suspicion(state: AccountState) -> AccountState:
 
 def account_settings_from_manifest(manifest: dict | None) -> AccountSettings | None:
     """The account test's settings the build wrote, or None if it wrote none."""
-    section = (manifest or {}).get("accounts")
-    return AccountSettings.from_dict(section.get("settings", {})) if section else None
+    settings = ((manifest or {}).get("accounts") or {}).get("settings")
+    return AccountSettings.from_dict(settings) if settings else None
 
 
 def reference_from_manifest(manifest: dict) -> tuple[list[np.ndarray], AccountSettings] | None:

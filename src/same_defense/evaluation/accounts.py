@@ -26,7 +26,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..attacks import OUTPUT_TYPES, CloneConfig
+from ..attacks import OUTPUT_TYPES, CloneConfig, clone_architecture
 from .run import ATTACKS, EvalConfig, context
 
 ACCOUNT_COUNTS = (1, 10, 40, 100)
@@ -105,7 +105,7 @@ def run_one(config: AccountEvalConfig, attack: str, output: str, accounts: int, 
         config=replace(ctx.config, seed=seed), shape=ctx.shape, jbda_seeds=ctx.jbda_seeds
     )
     thief = make_attack(attack, seeded)
-    arch = ctx.manifest["victim_architecture"]
+    arch = clone_architecture(ctx.manifest)
     trainer = CloneTrainer(ctx.shape, ctx.num_classes, arch, replace(config.clone, seed=seed))
     if accounts == 0:  # same-monitor answers exactly what the undefended victim does
         monitor = DefendedPipeline(ctx.graphs, ctx.defenses["same-monitor"])

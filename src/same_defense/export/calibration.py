@@ -3,6 +3,8 @@ the class-conditional references and settings of the account-level test."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..core.accounts import AccountSettings
@@ -70,6 +72,31 @@ def account_settings_for(
     )
 
 
+def testable_references(
+    reference: list[list[float]],
+    level: float = AccountSettings.level,
+    p1: float = AccountSettings.p1,
+    false_alarm: float = 1e-3,
+) -> tuple[list[list[float]], list[int]]:
+    """Empty the classes whose few reference scores cannot bound the honest exceedance rate
+    below ``p1`` (see :func:`account_settings_for`); returns the references and the classes
+    left out. A small calibration split then weakens the test for those classes only instead
+    of making the build fail."""
+    from scipy.stats import beta
+
+    classes = max(1, sum(1 for r in reference if len(r)))
+    delta = false_alarm / classes
+    out, left_out = [], []
+    for c, r in enumerate(reference):
+        k = int(np.floor(level * (len(r) + 1)))
+        if len(r) and (k == 0 or beta.ppf(1.0 - delta, k, len(r) + 1 - k) >= p1):
+            out.append([])
+            left_out.append(c)
+        else:
+            out.append(r)
+    return out, left_out
+
+
 def calibrate(
     runner: GraphRunner,
     calibration_images: np.ndarray,
@@ -84,7 +111,19 @@ def calibrate(
     threshold = threshold_at_fpr(scores, target_fpr)
     test = runner.run(test_images)
     test_scores = same_score(test.recon_error, test.logits, test.shadow_logits, alpha)
-    reference = class_references(scores, out.logits.argmax(axis=1), num_classes)
+    reference, left_out = testable_references(
+        class_references(scores, out.logits.argmax(axis=1), num_classes)
+    )
+    if left_out:
+        warnings.warn(
+            f"account test: classes {left_out} have too few calibration scores to bound the "
+            f"honest rate below p1 and are left out of it (their queries never count as "
+            f"exceedances); a larger calibration split brings them in",
+            stacklevel=2,
+        )
+    usable = any(len(r) for r in reference)
+    if not usable:
+        warnings.warn("account test disabled: no class has enough calibration scores", stacklevel=2)
     return {
         "threshold": threshold,
         "alpha": alpha,
@@ -94,6 +133,7 @@ def calibrate(
         "n_calibration": len(calibration_images),
         "accounts": {
             "reference": reference,
-            "settings": account_settings_for(reference).to_dict(),
+            "settings": account_settings_for(reference).to_dict() if usable else None,
+            "classes_left_out": left_out,
         },
     }

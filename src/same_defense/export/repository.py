@@ -40,6 +40,9 @@ class ServingSettings:
 
     input_shape: tuple[int, int, int] = (1, 28, 28)
     num_classes: int = 10
+    # Published in the `same` config (parameter "class_names", a JSON list), so that clients
+    # can name the labels they receive without the manifest.
+    class_names: tuple[str, ...] = tuple(str(i) for i in range(10))
     max_batch_size: int = 256
     policy: str = "misinformation"
     # Tuned on 2 CPU cores with `make bench` (README, Performance). The reconstructor is
@@ -58,6 +61,10 @@ class ServingSettings:
     # reconstructor instances (otherwise one takes up to 256 images and the other idles) and
     # keeps batches where onnxruntime is most efficient per image.
     onnx_preferred_batch_sizes: tuple[int, ...] = (64,)
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
 
 
 def _dims(shape: tuple[int, ...]) -> str:
@@ -226,7 +233,17 @@ ensemble_scheduling {{
     }}
   ]
 }}
+# What LABEL i means (JSON list), for clients; the manifest holds the same list.
+parameters {{
+  key: "class_names"
+  value: {{ string_value: {_pbtxt_string(json.dumps(list(s.class_names)))} }}
+}}
 """
+
+
+def _pbtxt_string(text: str) -> str:
+    """A protobuf text-format string literal (JSON's escapes are a subset of its own)."""
+    return json.dumps(text)
 
 
 def render_configs(s: ServingSettings) -> dict[str, str]:

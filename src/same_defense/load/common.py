@@ -62,9 +62,9 @@ def ensure_repository(repository: Path) -> dict:
 
 def benign_images(manifest: dict) -> np.ndarray:
     """The held-out test split of the repository's data set (benign traffic)."""
-    from ..data import load_dataset, split_dataset
+    from ..data import splits_from_manifest
 
-    return split_dataset(load_dataset(manifest["dataset"]), seed=manifest["seed"]).test.images
+    return splits_from_manifest(manifest).test.images
 
 
 def current_settings(repository: Path) -> dict:
@@ -89,7 +89,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
     :class:`ServingSettings` so a typo fails before a server starts. Tuple fields take
     comma-separated integers (``onnx_preferred_batch_sizes=32,64``; empty for none)."""
     defaults = ServingSettings()
-    fixed = ("input_shape", "num_classes")  # come from the manifest
+    fixed = ("input_shape", "num_classes", "class_names")  # come from the manifest
     known = [f.name for f in fields(ServingSettings) if f.name not in fixed]
     out: dict[str, object] = {}
     for pair in pairs:
@@ -113,7 +113,9 @@ def tuned_copy(repository: Path, manifest: dict, overrides: dict, workdir: Path 
     so experiments do not disturb anyone serving it.
     """
     base = ServingSettings(
-        input_shape=tuple(manifest["input_shape"]), num_classes=len(manifest["class_names"])
+        input_shape=tuple(manifest["input_shape"]),
+        num_classes=len(manifest["class_names"]),
+        class_names=tuple(manifest["class_names"]),
     )
     settings = replace(base, **overrides)
     parent = Path(tempfile.mkdtemp(prefix="same-tuned-", dir=workdir))

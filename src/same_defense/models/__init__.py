@@ -1,6 +1,6 @@
 """PyTorch networks: the victim classifier, SAME's masked autoencoder and the export wrapper."""
 
-from .mae import MAE_PRESETS, MaeConfig, MaskedAutoencoder
+from .mae import MAE_PRESETS, MaeConfig, MaskedAutoencoder, fit_to_shape
 from .reconstructor import ReconstructorGraph
 from .victim import VICTIM_ARCHITECTURES, build_classifier
 
@@ -11,4 +11,5 @@ __all__ = [
     "MaskedAutoencoder",
     "ReconstructorGraph",
     "build_classifier",
+    "fit_to_shape",
 ]
