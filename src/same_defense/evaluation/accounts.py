@@ -22,12 +22,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
 from ..attacks import OUTPUT_TYPES, CloneConfig, clone_architecture
-from .run import ATTACKS, EvalConfig, context
+from .setup import ATTACKS, EvalConfig, context, make_attack
 
 ACCOUNT_COUNTS = (1, 10, 40, 100)
 QUICK_ATTACKS = ("knockoff-digits8x8", "noise")
@@ -94,17 +93,12 @@ def run_one(config: AccountEvalConfig, attack: str, output: str, accounts: int, 
     from .account_population import AccountOracle, account_service
     from .defenses import DefendedPipeline
     from .metrics import clone_metrics
-    from .run import make_attack
 
     start = time.perf_counter()
     logging.getLogger("same.accounts").setLevel(logging.ERROR)  # not one line per alarm
     ctx = context(config.eval_config())
     pipeline = pipeline_for(config.repository)
-    # make_attack reads the seed from the context's config: hand it a seeded view.
-    seeded = SimpleNamespace(
-        config=replace(ctx.config, seed=seed), shape=ctx.shape, jbda_seeds=ctx.jbda_seeds
-    )
-    thief = make_attack(attack, seeded)
+    thief = make_attack(attack, ctx, seed=seed)
     arch = clone_architecture(ctx.manifest)
     trainer = CloneTrainer(ctx.shape, ctx.num_classes, arch, replace(config.clone, seed=seed))
     if accounts == 0:  # same-monitor answers exactly what the undefended victim does
@@ -145,11 +139,11 @@ def run_attacks(config: AccountEvalConfig) -> list[dict]:
         return records
     import multiprocessing as mp
 
-    from .run import _exit_with_parent
+    from .matrix import exit_with_parent
 
     with ProcessPoolExecutor(
         config.workers, mp_context=mp.get_context("spawn"),
-        initializer=_exit_with_parent, initargs=(os.getpid(),),
+        initializer=exit_with_parent, initargs=(os.getpid(),),
     ) as pool:  # fmt: skip
         for future in as_completed([pool.submit(run_one, config, *r) for r in runs]):
             records.append(future.result())
