@@ -1,12 +1,15 @@
 """``same-gateway``: run the gateway alone in front of any Triton (e.g. the NGC container).
 
-    same-gateway --listen 0.0.0.0:8001 --upstream 127.0.0.1:8101 \\
-        --upstream-key same-gateway-key=SECRET \\
+    same-gateway --listen 0.0.0.0:8001 --http-listen 0.0.0.0:8000 \\
+        --upstream 127.0.0.1:8101 --upstream-key same-gateway-key=SECRET \\
         --manifest model_repository/defense/1/same_calibration.json \\
         --keys accounts/keys.json --redis redis://127.0.0.1:6379/0
 
-``--upstream-key`` when Triton runs ``--grpc-restricted-protocol``; ``--manifest`` turns the
-account-level defense on (its calibration); ``--redis`` shares account state between gateways.
+Public gRPC on ``--listen`` and KServe v2 HTTP/REST on ``--http-listen`` (same rules on
+both; ``--no-http`` for gRPC only). The gateway reaches Triton over gRPC only: run Triton with
+``--allow-http=false`` (or ``--http-restricted-api`` with the key). ``--upstream-key`` when
+Triton runs ``--grpc-restricted-protocol``; ``--manifest`` turns the account-level defense on
+(its calibration); ``--redis`` shares account state between gateways.
 """
 
 from __future__ import annotations
@@ -27,7 +30,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--listen", default="0.0.0.0:8001", help="public host:port")
+    p.add_argument("--listen", default="0.0.0.0:8001", help="public gRPC host:port")
+    http = p.add_mutually_exclusive_group()
+    http.add_argument(
+        "--http-listen", default="0.0.0.0:8000", help="public KServe v2 HTTP host:port"
+    )
+    http.add_argument("--no-http", action="store_true", help="serve gRPC only")
     p.add_argument("--upstream", default="127.0.0.1:8101", help="Triton's gRPC host:port")
     p.add_argument("--public-model", action="append", help="model clients may call (default: same)")
     p.add_argument(
@@ -56,11 +64,17 @@ def main(argv: list[str] | None = None) -> int:
             accounts=options.service(read_manifest_file(args.manifest)),
             metrics_port=args.metrics_port,
             throttle=options.throttle(),
+            http_listen=None if args.no_http else args.http_listen,
         ).start()
     except OSError as exc:
         print(f"same-gateway: error: {exc}", file=sys.stderr)
         return 1
-    print(f"same-gateway: {args.listen} -> {args.upstream}, public: {sorted(policy.public_models)}")
+    host = args.http_listen.rpartition(":")[0]
+    http = "" if args.no_http else f", HTTP {host}:{gateway.http_port}"
+    print(
+        f"same-gateway: gRPC {args.listen}{http} -> {args.upstream}, "
+        f"public: {sorted(policy.public_models)}"
+    )
     signal.signal(signal.SIGTERM, lambda *_: gateway.stop())
     try:
         gateway.wait()

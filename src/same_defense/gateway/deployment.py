@@ -1,9 +1,13 @@
 """The protected deployment: Triton on loopback behind the gateway, the default for users.
 
-Triton's own gRPC port listens on 127.0.0.1 only and, as a second lock, demands a random
-per-start key header on every call but health/metadata (``--grpc-restricted-protocol``).
-Only the gateway knows the key, and the gateway forwards only ``same``. HTTP and metrics stay
-on loopback for operators.
+The gateway is the only public door, on two ports: gRPC (``public_port``, 8001) and KServe v2
+HTTP/REST (``http_port``, 8000), Triton's own defaults. It forwards only ``same``.
+
+Triton's gRPC port listens on 127.0.0.1 only and, as a second lock, demands a random per-start
+key header on every call but health/metadata (``--grpc-restricted-protocol``); only the
+gateway knows the key. Triton's own HTTP port is closed (``--allow-http=false``): nothing in
+the deployment needs it. An operator who wants it (``triton_http_port``) gets it on loopback,
+locked with the same key (``--http-restricted-api``). Metrics stay on loopback.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ KEY_HEADER = "same-gateway-key"
 class ProtectedService:
     repository: Path
     public_host: str = "127.0.0.1"
-    public_port: int = 8001
-    http_port: int = 8000
+    public_port: int = 8001  # the gateway's gRPC
+    http_port: int | None = 8000  # the gateway's KServe v2 HTTP (None: gRPC only)
     metrics_port: int = 8002
     log_file: Path = Path("logs/tritonserver.log")
     workdir: Path = Path(".triton")
     accounts: AccountOptions = field(default_factory=AccountOptions)
     gateway_metrics_port: int | None = None
+    triton_http_port: int | None = None  # Triton's own HTTP on loopback, keyed (None: closed)
     triton: EmbeddedTriton | None = field(default=None, init=False)
     gateway: GatewayServer | None = field(default=None, init=False)
 
@@ -39,21 +44,31 @@ class ProtectedService:
         return f"{self.public_host}:{self.gateway.port if self.gateway else self.public_port}"
 
     @property
+    def http_url(self) -> str | None:
+        """The gateway's public HTTP host:port (None when HTTP is off)."""
+        port = self.gateway.http_port if self.gateway else self.http_port
+        return None if port is None else f"{self.public_host}:{port}"
+
+    @property
     def metrics_url(self) -> str:
         assert self.triton is not None
         return self.triton.metrics_url
 
+    def upstream(self, key: tuple[str, str]) -> EmbeddedTriton:
+        """The Triton this deployment runs, locked with ``key`` (not started)."""
+        return EmbeddedTriton(
+            self.repository, grpc_port=free_port(), metrics_port=self.metrics_port,
+            http_port=self.triton_http_port or 0, allow_http=self.triton_http_port is not None,
+            log_file=self.log_file, workdir=self.workdir, restricted_key=key,
+        )  # fmt: skip
+
     def start(self, timeout: float = 180.0) -> ProtectedService:
-        key = (KEY_HEADER, secrets.token_hex(16))
-        self.triton = EmbeddedTriton(
-            self.repository, grpc_port=free_port(), http_port=self.http_port,
-            metrics_port=self.metrics_port, log_file=self.log_file, workdir=self.workdir,
-            restricted_key=key,
-        ).start(timeout)  # fmt: skip
+        self.triton = self.upstream((KEY_HEADER, secrets.token_hex(16))).start(timeout)
         try:
             (header,) = self.triton.grpc_headers.items()
             policy = GatewayPolicy(upstream_header=header)
             listen = f"{self.public_host}:{self.public_port}"
+            http = None if self.http_port is None else f"{self.public_host}:{self.http_port}"
             manifest = read_manifest_file(self.repository / "defense" / "1" / MANIFEST_NAME)
             self.gateway = GatewayServer(
                 listen,
@@ -63,6 +78,7 @@ class ProtectedService:
                 accounts=self.accounts.service(manifest),
                 metrics_port=self.gateway_metrics_port,
                 throttle=self.accounts.throttle(),
+                http_listen=http,
             ).start()
         except BaseException:
             self.triton.stop()

@@ -1,16 +1,21 @@
-"""A byte-forwarding gRPC proxy for Triton's ``inference.GRPCInferenceService``.
+"""The gateway's rules, and its gRPC front end: a byte-forwarding proxy for Triton's
+``inference.GRPCInferenceService``.
 
-Every call but liveness/readiness is authenticated first (:mod:`.accounting`). Calls are
-forwarded as raw bytes; ``ModelInfer`` is parsed and rewritten for the account-level defense
-(the caller's suspicion goes to the defense step, the internal p-value output comes back and is
-stripped before the client sees the answer). Status codes and messages from Triton go back to
-the caller unchanged.
+:class:`GatewayCore` holds every rule once, for both front ends (this gRPC proxy and the
+KServe v2 HTTP/REST one in :mod:`.rest`): every call but liveness/readiness is authenticated
+first (:mod:`.accounting`); only health, server metadata and the model calls that name a
+public model pass; ``ModelInfer`` is parsed and rewritten for the account-level defense (the
+caller's suspicion goes to the defense step, the internal p-value output comes back and is
+stripped before the client sees the answer). Everything else is forwarded as raw bytes, and
+Triton's status codes and messages go back to the caller unchanged. A refusal is a
+:class:`GatewayError` carrying a gRPC status code; each front end turns it into its own
+protocol's error.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -19,6 +24,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 from ..accounts import AccountService, AccountStateUnavailable
+from ..core.accounts import ACCOUNT_OUTPUT
 from .accounting import (
     Authenticator,
     InternalOutputRequested,
@@ -52,8 +58,31 @@ _HOP_HEADERS = {
     "content-type",
     "authorization",
 }
+# Tensor parameters that point at server-side shared memory: registering a region is refused,
+# so a request naming one could only probe regions that others registered on Triton directly.
+_SHARED_MEMORY_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size")
 
 log = logging.getLogger("same.gateway")
+
+
+class GatewayError(Exception):
+    """A call the gateway refuses or could not complete; ``code`` is the gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Caller:
+    """Who is calling and what may travel upstream, independent of the front end."""
+
+    metadata: Sequence[tuple[str, str | bytes]]  # gRPC metadata or HTTP headers (lower-case)
+    peer: str  # gRPC's form, "ipv4:127.0.0.1:53412": the account in the anonymous mode
+    forward: list[tuple[str, str | bytes]] = field(default_factory=list)  # to Triton
+    # Seconds left of the caller's deadline (None: no deadline); asked at each upstream call.
+    time_left: Callable[[], float | None] = lambda: None
 
 
 @dataclass
@@ -64,11 +93,15 @@ class GatewayPolicy:
     denied: int = field(default=0)
 
     def check_infer_request(self, request: bytes) -> str | None:
-        """Refuse what Triton would refuse with a confusing message: an empty batch."""
+        """Refuse what Triton would refuse with a confusing message: an empty batch; and
+        tensors in shared memory (no client can register a region through the gateway)."""
         message = service_pb2.ModelInferRequest.FromString(request)
         for tensor in message.inputs:
             if tensor.shape and tensor.shape[0] == 0:
                 return f"input {tensor.name!r} has an empty batch: send at least one sample"
+        for tensor in [*message.inputs, *message.outputs]:
+            if any(p in tensor.parameters for p in _SHARED_MEMORY_PARAMETERS):
+                return f"tensor {tensor.name!r}: shared memory is not available on this endpoint"
         return None
 
     def check(self, method: str, request: bytes) -> str | None:
@@ -81,13 +114,21 @@ class GatewayPolicy:
             name = MODEL_METHODS[method](request)
         except Exception:  # malformed protobuf: refuse rather than forward
             return f"{method}: malformed request"
+        return self.check_model(name)
+
+    def check_model(self, name: str) -> str | None:
+        """Why a call naming model ``name`` is refused, or None for a public model."""
         if name not in self.public_models:
             allowed = ", ".join(sorted(self.public_models))
             return f"model {name!r} is not served on this endpoint (public models: {allowed})"
         return None
 
 
-class _Handler(grpc.GenericRpcHandler):
+class GatewayCore:
+    """Every rule of the gateway, for any front end: :meth:`call` takes a gRPC method name
+    and its serialised request, and returns Triton's serialised answer or raises
+    :class:`GatewayError`."""
+
     def __init__(
         self,
         channel: grpc.Channel,
@@ -105,48 +146,56 @@ class _Handler(grpc.GenericRpcHandler):
         self.metrics = metrics
         self._upstream: dict[str, Callable] = {}
 
-    def service(self, details: grpc.HandlerCallDetails):
-        if not details.method.startswith(SERVICE):
-            return None  # other services: UNIMPLEMENTED, as from any gRPC server
-        method = details.method[len(SERVICE) :]
-        return grpc.unary_unary_rpc_method_handler(
-            lambda request, context: self._forward(method, request, context)
-        )  # bytes in, bytes out: no (de)serialisers
+    def authenticate(self, method: str, caller: Caller) -> str | None:
+        """The caller's account (None for the open health probes)."""
+        if method in OPEN_METHODS:
+            return None
+        try:
+            return self.auth.account(tuple(caller.metadata), caller.peer)
+        except Unauthenticated as exc:
+            self.metrics.auth_failures.inc()
+            raise GatewayError(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from None
 
-    def _forward(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
-        account = None
-        if method not in OPEN_METHODS:
-            try:
-                account = self.auth.account(context.invocation_metadata(), context.peer())
-            except Unauthenticated as exc:
-                self.metrics.auth_failures.inc()
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+    def deny(self, method: str, caller: Caller, reason: str) -> GatewayError:
+        self.policy.denied += 1
+        log.info("denied %s from %s: %s", method, caller.peer, reason)
+        return GatewayError(grpc.StatusCode.PERMISSION_DENIED, reason)
+
+    def call(self, method: str, request: bytes, caller: Caller) -> bytes:
+        return self.handle(method, request, caller, self.authenticate(method, caller))
+
+    def handle(self, method: str, request: bytes, caller: Caller, account: str | None) -> bytes:
+        """:meth:`call` for a caller already authenticated as ``account`` (a front end that
+        must check the key before it decodes the request's body)."""
         reason = self.policy.check(method, request)
         if reason is not None:
-            self.policy.denied += 1
-            log.info("denied %s from %s: %s", method, context.peer(), reason)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+            raise self.deny(method, caller, reason)
         if method == "ModelInfer":
             problem = self.policy.check_infer_request(request)
             if problem is not None:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-            return self._infer(account, request, context)
-        return self._upstream_call(method, request, context)
+                raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            if account is None:  # an open method never reaches here; refuse, never serve keyless
+                raise GatewayError(grpc.StatusCode.UNAUTHENTICATED, "missing API key")
+            return self._infer(account, request, caller)
+        response = self._upstream_call(method, request, caller)
+        if method in ("ModelMetadata", "ModelConfig"):
+            response = _hide_internal_output(method, response)
+        return response
 
-    def _infer(self, account: str, request: bytes, context: grpc.ServicerContext) -> bytes:
+    def _infer(self, account: str, request: bytes, caller: Caller) -> bytes:
         samples = 0
 
         def answer(suspected: bool) -> tuple[bytes, np.ndarray | None, list[str]]:
             nonlocal samples
             if suspected and self.throttle is not None and not self.throttle.allow(account):
-                context.abort(
+                raise GatewayError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"account under suspicion: limited to {self.throttle.rate:g} requests/s",
                 )
             prepared = prepare_infer(request, suspected)
             samples = prepared.samples
             response, pvalues = finish_infer(
-                self._upstream_call("ModelInfer", prepared.request, context)
+                self._upstream_call("ModelInfer", prepared.request, caller)
             )
             if pvalues is not None and len(pvalues) != prepared.samples:
                 pvalues = None  # not this ensemble's answer: nothing to feed the test
@@ -158,36 +207,86 @@ class _Handler(grpc.GenericRpcHandler):
             else:
                 response, suspected = self.accounts.serve(account, answer)
         except InternalOutputRequested as exc:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            raise GatewayError(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
         except AccountStateUnavailable as exc:
             self.metrics.state_errors.inc()
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise GatewayError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
         self.metrics.observe(account, samples, suspected)
         return response
 
-    def _upstream_call(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
+    def _upstream_call(self, method: str, request: bytes, caller: Caller) -> bytes:
         call = self._upstream.get(method)
         if call is None:
             call = self.channel.unary_unary(SERVICE + method)
             self._upstream[method] = call
-        metadata = [(k, v) for k, v in context.invocation_metadata() if k not in _HOP_HEADERS]
+        metadata = list(caller.forward)
         if self.policy.upstream_header is not None:
             metadata.append(self.policy.upstream_header)
         try:
-            remaining = context.time_remaining()
-            # No client deadline shows up as ~2**63 s, which gRPC cannot pass on: drop it.
-            timeout = remaining if remaining is not None and remaining < 1e9 else None
-            return call(request, metadata=metadata, timeout=timeout)
+            return call(request, metadata=metadata, timeout=caller.time_left())
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
             details = exc.details() if hasattr(exc, "details") else str(exc)
             if code == grpc.StatusCode.UNAVAILABLE:
                 details = f"inference server unavailable behind the gateway: {details}"
-            context.abort(code, details)
+            raise GatewayError(code, details) from None
+
+
+def _hide_internal_output(method: str, response: bytes) -> bytes:
+    """Drop the internal output from a model's metadata/config: clients may not ask for it,
+    so listing it would only invite a refused request."""
+    if method == "ModelMetadata":
+        message = service_pb2.ModelMetadataResponse.FromString(response)
+        outputs = message.outputs
+    else:
+        message = service_pb2.ModelConfigResponse.FromString(response)
+        outputs = message.config.output
+    kept = [o for o in outputs if o.name != ACCOUNT_OUTPUT]
+    if len(kept) == len(outputs):
+        return response
+    del outputs[:]
+    outputs.extend(kept)
+    return message.SerializeToString()
+
+
+class _Handler(grpc.GenericRpcHandler):
+    """The gRPC front end: bytes in, bytes out, the rules in :class:`GatewayCore`."""
+
+    def __init__(self, core: GatewayCore) -> None:
+        self.core = core
+
+    def service(self, details: grpc.HandlerCallDetails):
+        if not details.method.startswith(SERVICE):
+            return None  # other services: UNIMPLEMENTED, as from any gRPC server
+        method = details.method[len(SERVICE) :]
+        return grpc.unary_unary_rpc_method_handler(
+            lambda request, context: self._forward(method, request, context)
+        )  # bytes in, bytes out: no (de)serialisers
+
+    def _forward(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
+        metadata = context.invocation_metadata()
+
+        def time_left() -> float | None:
+            remaining = context.time_remaining()
+            # No client deadline shows up as ~2**63 s, which gRPC cannot pass on: drop it.
+            return remaining if remaining is not None and remaining < 1e9 else None
+
+        caller = Caller(
+            metadata=metadata,
+            peer=context.peer(),
+            forward=[(k, v) for k, v in metadata if k not in _HOP_HEADERS],
+            time_left=time_left,
+        )
+        try:
+            return self.core.call(method, request, caller)
+        except GatewayError as exc:
+            context.abort(exc.code, exc.message)
+            raise  # unreachable: abort raises
 
 
 class GatewayServer:
-    """Listen on ``listen`` (host:port) and forward allowed calls to Triton at ``upstream``."""
+    """Listen on ``listen`` (host:port, gRPC) and, with ``http_listen``, on a KServe v2
+    HTTP/REST port too; forward allowed calls to Triton's gRPC port at ``upstream``."""
 
     def __init__(
         self,
@@ -199,10 +298,13 @@ class GatewayServer:
         accounts: AccountService | None = None,
         metrics_port: int | None = None,
         throttle: Throttle | None = None,
+        http_listen: str | None = None,
     ) -> None:
         """``auth`` is required: a key store, or the explicit anonymous mode. ``accounts``
         enables the account-level defense (None: per-query SAME only). ``metrics_port``
-        serves the gateway's Prometheus metrics on loopback (0: any free port)."""
+        serves the gateway's Prometheus metrics on loopback (0: any free port).
+        ``http_listen`` (host:port, port 0: any free one) adds the HTTP front end, which
+        goes through the same rules (None: gRPC only)."""
         if auth is None:
             raise ValueError("the gateway needs an Authenticator (API keys or anonymous=True)")
         options = [
@@ -216,20 +318,38 @@ class GatewayServer:
         self.metrics = GatewayMetrics()
         if accounts is not None:
             accounts.on_suspicion.append(lambda *_: self.metrics.suspicions.inc())
-        self.metrics_port = self.metrics.serve(metrics_port) if metrics_port is not None else None
         self._channel = grpc.insecure_channel(upstream, options=options)
+        self.core = GatewayCore(self._channel, self.policy, auth, accounts, self.metrics, throttle)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
-        handler = _Handler(self._channel, self.policy, auth, accounts, self.metrics, throttle)
-        self._server.add_generic_rpc_handlers((handler,))
+        self._server.add_generic_rpc_handlers((_Handler(self.core),))
         self.port = self._server.add_insecure_port(listen)
         if self.port == 0:
+            self._channel.close()
             raise OSError(f"gateway cannot listen on {listen}")
+        self.http = None
+        if http_listen is not None:
+            from .rest import RestFrontEnd  # aiohttp: loaded only when HTTP is served
+
+            try:
+                self.http = RestFrontEnd(self.core, http_listen, workers=workers)
+            except OSError as exc:
+                self._channel.close()
+                raise OSError(f"gateway cannot listen on {http_listen} (HTTP): {exc}") from exc
+        self.metrics_port = self.metrics.serve(metrics_port) if metrics_port is not None else None
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
 
     def start(self) -> GatewayServer:
         self._server.start()
+        if self.http is not None:
+            self.http.start()
         return self
 
     def stop(self, grace_s: float = 5.0) -> None:
+        if self.http is not None:
+            self.http.stop(grace_s)
         self._server.stop(grace_s).wait()
         self._channel.close()
         self.metrics.close()

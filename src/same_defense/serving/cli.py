@@ -1,9 +1,11 @@
 """``same-serve``: serve a model repository until interrupted.
 
-By default the public gRPC port is the gateway, which exposes only the ``same`` ensemble
-(plus health and metadata); Triton itself listens on loopback and demands a key only the
-gateway holds. ``--direct`` exposes Triton's own gRPC port instead (development, benchmarks:
-then every loaded model, the raw victim included, is callable).
+By default the public ports are the gateway's, gRPC (``--grpc-port``, 8001) and KServe v2
+HTTP/REST (``--http-port``, 8000), which expose only the ``same`` ensemble (plus health and
+metadata) to callers with a key; Triton itself listens on loopback, gRPC only (its HTTP is
+closed), and demands a key only the gateway holds. ``--direct`` exposes Triton's own gRPC port
+instead (development, benchmarks: then every loaded model, the raw victim included, is
+callable over gRPC); Triton's HTTP stays closed in that mode too.
 
 Waits until ``same`` is ready, prints the endpoints, logs to a file, and on Ctrl-C or SIGTERM
 stops the server together with its Python stub processes.
@@ -29,10 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
     p.add_argument("--grpc-port", type=int, default=8001, help="public gRPC port")
-    p.add_argument("--http-port", type=int, default=8000, help="Triton HTTP (loopback)")
+    http = p.add_mutually_exclusive_group()
+    http.add_argument(
+        "--http-port", type=int, default=8000, help="public KServe v2 HTTP port (the gateway's)"
+    )
+    http.add_argument("--no-http", action="store_true", help="no public HTTP port (gRPC only)")
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics")
-    p.add_argument("--host", default="127.0.0.1", help="address of the public gRPC port")
-    p.add_argument("--direct", action="store_true", help="no gateway: expose Triton itself")
+    p.add_argument("--host", default="127.0.0.1", help="address of the public ports")
+    p.add_argument(
+        "--direct",
+        action="store_true",
+        help="no gateway: expose Triton's own gRPC (every model; no HTTP)",
+    )
     p.add_argument("--log-file", type=Path, default=Path("logs/tritonserver.log"))
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     p.add_argument(
@@ -44,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     if args.direct:
+        # No key exists in this mode, so an HTTP port could not be locked: keep it closed.
         service = EmbeddedTriton(
-            args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
+            args.repository, grpc_port=args.grpc_port, allow_http=False,
             metrics_port=args.metrics_port, log_file=args.log_file, host=args.host,
         )  # fmt: skip
     else:
@@ -53,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
         service = ProtectedService(
             args.repository, public_host=args.host, public_port=args.grpc_port,
-            http_port=args.http_port, metrics_port=args.metrics_port, log_file=args.log_file,
+            http_port=None if args.no_http else args.http_port,
+            metrics_port=args.metrics_port, log_file=args.log_file,
             accounts=options_from_args(args), gateway_metrics_port=args.gateway_metrics_port,
         )  # fmt: skip
     if not args.direct and not args.anonymous and not args.keys.exists():
@@ -68,10 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"same-serve: error: {exc}", file=sys.stderr)
         return 1
     triton = service if args.direct else service.triton
-    public = triton.grpc_url if args.direct else service.public_url
-    mode = "Triton directly (every model callable)" if args.direct else "gateway: `same` only"
+    if args.direct:
+        public = f"gRPC {triton.grpc_url} (Triton directly: every model callable; no HTTP)"
+    else:
+        http = f", HTTP {service.http_url}" if service.http_url else ""
+        public = f"gRPC {service.public_url}{http} (gateway: `same` only)"
     print(
-        f"serving {args.repository}: public gRPC {public} ({mode}); "
+        f"serving {args.repository}: public {public}; "
         f"metrics {triton.metrics_url}; log {args.log_file}. Ctrl-C stops.",
         flush=True,
     )

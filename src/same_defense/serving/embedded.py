@@ -91,9 +91,12 @@ class EmbeddedTriton:
     workdir: Path = Path(".triton")
     host: str = "127.0.0.1"
     extra_args: list[str] = field(default_factory=list)
-    # (header, value) that Triton demands on every gRPC call but health/metadata; see
-    # same_defense.gateway. None: no restriction (local development, tests).
+    # (header, value) that Triton demands on every gRPC and HTTP call but health/metadata;
+    # see same_defense.gateway. None: no restriction (local development, tests).
     restricted_key: tuple[str, str] | None = None
+    # False: Triton opens no HTTP port at all (--allow-http=false); the protected deployment
+    # reaches Triton over gRPC only, so an HTTP port there would be one more door to lock.
+    allow_http: bool = True
     # Reload a model whose Python stub died (see supervisor.py); needs explicit model control.
     supervise: bool = True
     supervisor: StubSupervisor | None = None
@@ -106,6 +109,8 @@ class EmbeddedTriton:
 
     @property
     def http_url(self) -> str:
+        if not self.allow_http:
+            raise ServerError("this server has no HTTP port (allow_http=False)")
         return f"{self.host}:{self.http_port}"
 
     @property
@@ -119,10 +124,12 @@ class EmbeddedTriton:
             f"--model-repository={Path(self.repository).resolve()}",
             f"--backend-directory={prepare_backends(Path(self.workdir)).resolve()}",
             f"--grpc-port={self.grpc_port}",
-            f"--http-port={self.http_port}",
             f"--metrics-port={self.metrics_port}",
             f"--grpc-address={self.host}",
-            f"--http-address={self.host}",
+            # Triton binds metrics to the HTTP address unless told: with HTTP closed that
+            # would be 0.0.0.0, so say it.
+            f"--metrics-address={self.host}",
+            *self._http_args(),
             "--allow-metrics=true",
             "--allow-gpu-metrics=false",
             "--exit-on-error=true",
@@ -132,11 +139,29 @@ class EmbeddedTriton:
             *self.extra_args,
         ]
 
+    def _http_args(self) -> list[str]:
+        if not self.allow_http:
+            return ["--allow-http=false"]
+        return [f"--http-port={self.http_port}", f"--http-address={self.host}"]
+
     def _restriction_args(self) -> list[str]:
         if self.restricted_key is None:
             return []
         key, value = self.restricted_key
-        return [f"--grpc-restricted-protocol={RESTRICTED_CATEGORIES}:{key}={value}"]
+        # The gRPC lock alone left Triton's HTTP answering every model to anyone on the host:
+        # the same key locks the same categories on both protocols.
+        args = [f"--grpc-restricted-protocol={RESTRICTED_CATEGORIES}:{key}={value}"]
+        if self.allow_http:
+            args.append(f"--http-restricted-api={RESTRICTED_CATEGORIES}:{key}={value}")
+        return args
+
+    @property
+    def http_headers(self) -> dict[str, str] | None:
+        """What an HTTP client must send when the API is restricted (the key as is)."""
+        if self.restricted_key is None:
+            return None
+        key, value = self.restricted_key
+        return {key: value}
 
     @property
     def grpc_headers(self) -> dict[str, str] | None:
