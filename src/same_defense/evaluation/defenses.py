@@ -41,7 +41,6 @@ from ..core.policies import (
     max_softmax_gate,
     misinformation_gate,
     misinformation_target,
-    mix_misinformation,
     shifted_misinformation_target,
 )
 from ..core.score import same_score
@@ -83,52 +82,98 @@ class CachedGraphs:
 
 @dataclass(frozen=True)
 class Defense:
-    """One configuration: ``kind`` in none / same / all / am; ``policy`` for same and all."""
+    """One configuration of the matrix: ``respond`` turns graph outputs into the answer (and
+    the operator's SAME score and flag). Subclasses differ only in how they answer."""
 
     name: str
-    kind: str
     settings: DefenseSettings  # SAME's threshold, alpha and policy parameters
-    policy: str = "monitor"
-    tau: float = 0.0  # am: max-softmax below tau gets misinformation
-    nu: float = 100.0  # am: steepness of the gate
-    client_threshold: float = 0.0  # client: windowed mean score that flags a client
 
     def respond(self, out: GraphOutputs, client: ClientState | None = None) -> Decision:
-        """The answer (and the operator's SAME score and flag) for graph outputs.
-        ``client`` carries the per-client state of the stateful variant."""
-        if self.kind == "same":
-            return defend(
-                out.logits, out.recon_error, out.shadow_logits,
-                replace(self.settings, policy=self.policy),
-            )  # fmt: skip
-        s = self.settings
-        scores = same_score(out.recon_error, out.logits, out.shadow_logits, s.alpha)
-        flagged = scores > s.threshold
+        """``client`` carries per-client state (only the stateful variant reads it)."""
+        scores = self.scores(out)
         true_probs = softmax(out.logits)
-        if self.kind == "none":
-            probs, labels = true_probs, true_probs.argmax(axis=1).astype(np.int64)
-        elif self.kind == "all":
-            every = np.full(len(true_probs), np.inf)
-            probs, labels = apply_policy(
-                self.policy, true_probs, every, 0.0, s.params, logits=out.logits
-            )
-        elif self.kind == "am":
-            h = max_softmax_gate(true_probs, self.tau, self.nu)
-            mixed = mix_misinformation(true_probs, h, misinformation_target(out.logits))
-            probs, labels = mixed.astype(np.float32), mixed.argmax(axis=1).astype(np.int64)
-        elif self.kind in ("consistent", "client"):
-            h = misinformation_gate(scores, s.threshold, s.params.nu, s.params.margin)
-            if self.kind == "consistent":
-                target = shifted_misinformation_target(true_probs)
-            else:
-                target = misinformation_target(out.logits)
-                client = client if client is not None else ClientState()
-                h = np.maximum(h, client.update(scores, self.client_threshold))
-            mixed = (1.0 - h[:, None]) * true_probs + h[:, None] * target
-            probs, labels = mixed.astype(np.float32), mixed.argmax(axis=1).astype(np.int64)
-        else:
-            raise ValueError(f"unknown defense kind {self.kind!r}")
-        return Decision(probs, labels, scores, flagged, true_probs)
+        probs, labels = self.answer(out, scores, true_probs, client)
+        return Decision(probs, labels, scores, scores > self.settings.threshold, true_probs)
+
+    def scores(self, out: GraphOutputs) -> np.ndarray:
+        s = self.settings
+        return same_score(out.recon_error, out.logits, out.shadow_logits, s.alpha)
+
+    def answer(
+        self,
+        out: GraphOutputs,
+        scores: np.ndarray,
+        true_probs: np.ndarray,
+        client: ClientState | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(probs, labels)`` the client receives; the base class: the true answer."""
+        return true_probs, true_probs.argmax(axis=1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Same(Defense):
+    """SAME as served, through :func:`same_defense.core.defend` with ``policy``."""
+
+    policy: str = "monitor"
+
+    def respond(self, out: GraphOutputs, client: ClientState | None = None) -> Decision:
+        settings = replace(self.settings, policy=self.policy)
+        return defend(out.logits, out.recon_error, out.shadow_logits, settings)
+
+
+@dataclass(frozen=True)
+class EveryQuery(Defense):
+    """A core policy applied to every query (ART-style postprocessing, no detector)."""
+
+    policy: str = "top1"
+
+    def answer(self, out, scores, true_probs, client):
+        every = np.full(len(true_probs), np.inf)
+        return apply_policy(
+            self.policy, true_probs, every, 0.0, self.settings.params, logits=out.logits
+        )
+
+
+def _mixed(true_probs: np.ndarray, h: np.ndarray, target: np.ndarray):
+    mixed = (1.0 - h[:, None]) * true_probs + h[:, None] * target
+    return mixed.astype(np.float32), mixed.argmax(axis=1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class AdaptiveMisinformation(Defense):
+    """Adaptive Misinformation as published: max-softmax below ``tau`` is answered wrong."""
+
+    tau: float = 0.0
+    nu: float = 100.0  # steepness of the gate
+
+    def answer(self, out, scores, true_probs, client):
+        h = max_softmax_gate(true_probs, self.tau, self.nu)
+        return _mixed(true_probs, h, misinformation_target(out.logits))
+
+
+@dataclass(frozen=True)
+class ConsistentMisinformation(Defense):
+    """SAME's gate; the wrong answer is the one-hot of ``(predicted + 1) mod C``."""
+
+    def answer(self, out, scores, true_probs, client):
+        s = self.settings
+        h = misinformation_gate(scores, s.threshold, s.params.nu, s.params.margin)
+        return _mixed(true_probs, h, shifted_misinformation_target(true_probs))
+
+
+@dataclass(frozen=True)
+class ClientMisinformation(Defense):
+    """SAME's gate, and every answer is misinformation once the client's windowed mean score
+    exceeds ``client_threshold`` (stateful: one :class:`ClientState` per client)."""
+
+    client_threshold: float = 0.0
+
+    def answer(self, out, scores, true_probs, client):
+        s = self.settings
+        h = misinformation_gate(scores, s.threshold, s.params.nu, s.params.margin)
+        client = client if client is not None else ClientState()
+        h = np.maximum(h, client.update(scores, self.client_threshold))
+        return _mixed(true_probs, h, misinformation_target(out.logits))
 
 
 class ClientState:
@@ -175,17 +220,19 @@ def build_defenses(
     scores of the benign calibration stream, set the client-level threshold)."""
     settings = replace(settings, params=settings.params or PolicyParams())
     tau = calibrate_max_softmax_tau(calibration_logits, target_fpr)
-    defenses = {"none": Defense("none", "none", settings)}
+    defenses: dict[str, Defense] = {"none": Defense("none", settings)}
     for policy in SAME_POLICIES:
-        defenses[f"same-{policy}"] = Defense(f"same-{policy}", "same", settings, policy)
-    defenses["rs-all"] = Defense("rs-all", "all", settings, "reverse_sigmoid")
-    defenses["top1-all"] = Defense("top1-all", "all", settings, "top1")
-    defenses["am-maxsoftmax"] = Defense("am-maxsoftmax", "am", settings, tau=tau)
-    defenses["same-misinfo-consistent"] = Defense("same-misinfo-consistent", "consistent", settings)
+        defenses[f"same-{policy}"] = Same(f"same-{policy}", settings, policy)
+    defenses["rs-all"] = EveryQuery("rs-all", settings, "reverse_sigmoid")
+    defenses["top1-all"] = EveryQuery("top1-all", settings, "top1")
+    defenses["am-maxsoftmax"] = AdaptiveMisinformation("am-maxsoftmax", settings, tau=tau)
+    defenses["same-misinfo-consistent"] = ConsistentMisinformation(
+        "same-misinfo-consistent", settings
+    )
     if calibration_scores is not None and len(calibration_scores) >= CLIENT_WINDOW:
         client_threshold = float(window_means(calibration_scores).max())
-        defenses["same-client-misinfo"] = Defense(
-            "same-client-misinfo", "client", settings, client_threshold=client_threshold
+        defenses["same-client-misinfo"] = ClientMisinformation(
+            "same-client-misinfo", settings, client_threshold=client_threshold
         )
     return defenses
 
