@@ -12,9 +12,12 @@ import onnx
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
+from tritonclient.utils import InferenceServerException
 
+from same_defense.accounts import KeyStore
 from same_defense.client import SameClient
 from same_defense.core.manifest import ManifestError, load_verified_manifest, sha256_file
 from same_defense.export.build import main as build_main
@@ -28,6 +31,9 @@ from same_defense.export.victim_import import (
     load_onnx_model,
     wrap_onnx_victim,
 )
+from same_defense.gateway.deployment import ProtectedService
+from same_defense.gateway.options import AccountOptions
+from same_defense.serving.embedded import free_port
 from same_defense.serving.inprocess import InProcessSame
 
 from .conftest import PROJECT_ROOT, start_server
@@ -166,6 +172,39 @@ def test_real_server_serves_the_provided_victim(provided_build):
         np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
     finally:
         server.stop()
+
+
+@pytest.mark.server
+def test_provided_victim_is_classified_through_the_gateway_over_grpc_and_http(
+    provided_build, tmp_path
+):
+    """The issue's end-to-end check: a provider's ONNX classifier on RGB data, built, served
+    behind the public gateway, and answered alike over gRPC and KServe v2 HTTP."""
+    repository = provided_build / "model_repository"
+    keys = tmp_path / "keys.json"
+    key = KeyStore(keys).add("provider-user")
+    images = _images(8)
+    with ProtectedService(
+        repository,
+        public_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        log_file=tmp_path / "triton.log",
+        workdir=PROJECT_ROOT / ".triton",
+        accounts=AccountOptions(keys_file=keys),
+    ) as service:
+        with SameClient(service.public_url, api_key=key) as client:
+            assert client.input_shape == SHAPE
+            assert list(client.class_names) == FOLDER_CLASSES
+            over_grpc = client.classify(images)
+        with httpclient.InferenceServerClient(service.http_url) as client:
+            tensor = httpclient.InferInput("IMAGE", list(images.shape), "FP32")
+            tensor.set_data_from_numpy(images, binary_data=True)
+            result = client.infer("same", [tensor], headers={"authorization": f"Bearer {key}"})
+            with pytest.raises(InferenceServerException, match="not served"):
+                client.infer("victim", [tensor], headers={"authorization": f"Bearer {key}"})
+    np.testing.assert_allclose(result.as_numpy("PROBS"), over_grpc.probs, atol=1e-6)
+    np.testing.assert_array_equal(result.as_numpy("LABEL").reshape(-1), over_grpc.labels)
 
 
 # ------------------------------------------------------------ --victim-torch
