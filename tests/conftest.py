@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from same_defense.export.build import main as build_main
-from same_defense.serving.embedded import EmbeddedTriton, free_port
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from .servers import start_server
 
 
 @pytest.fixture(scope="session")
@@ -18,20 +17,12 @@ def tiny_repository(tmp_path_factory) -> Path:
     """Tiny MAE, 2-epoch victim on 1,500 images: seconds to build, still a real pipeline."""
     work = tmp_path_factory.mktemp("build")
     repository = work / "model_repository"
-    build_main([
-        "--preset", "tiny", "--quiet", "--max-train", "1500", "--victim-epochs", "2",
-        "--mae-epochs", "20", "--shadow-epochs", "1",
-        "--repository", str(repository), "--artifacts", str(work / "artifacts"),
-        "--report", str(work / "build.json"),
-    ])  # fmt: skip
+    build_main(
+        ["--preset", "tiny", "--quiet", "--max-train", "1500", "--victim-epochs", "2"]
+        + ["--mae-epochs", "20", "--shadow-epochs", "1", "--repository", str(repository)]
+        + ["--artifacts", str(work / "artifacts"), "--report", str(work / "build.json")]
+    )
     return repository
-
-
-def start_server(repository: Path, log_file: Path) -> EmbeddedTriton:
-    return EmbeddedTriton(
-        repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
-        log_file=log_file, workdir=PROJECT_ROOT / ".triton",
-    ).start(timeout=120)  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -19,13 +19,12 @@ from same_defense.accounts.local_redis import LocalRedis
 from same_defense.client import SameClient, SameClientError
 from same_defense.core.accounts import ACCOUNT_OUTPUT, ACCOUNT_PARAMETER
 from same_defense.data import load_dataset, make_query_set, split_dataset
-from same_defense.gateway.deployment import ProtectedService
 from same_defense.gateway.options import AccountOptions, read_manifest_file
 from same_defense.gateway.proxy import GatewayPolicy, GatewayServer
 from same_defense.serving.embedded import free_port
 from same_defense.serving.inprocess import InProcessSame
 
-from .conftest import PROJECT_ROOT
+from .servers import protected_service
 
 pytestmark = [pytest.mark.server, pytest.mark.redis]
 SHAPE = (1, 28, 28)
@@ -37,14 +36,10 @@ class Deployment:
         self.keys = KeyStore(work / "keys.json")
         self.key = {name: self.keys.add(name) for name in ("alice", "thief", "mallory", "sybil")}
         shared = AccountOptions(keys_file=self.keys.path, redis_url=self.redis.url)
-        self.service = ProtectedService(
+        self.service = protected_service(
             repository,
-            public_port=free_port(),
-            http_port=free_port(),
-            metrics_port=free_port(),
-            log_file=work / "triton.log",
-            workdir=PROJECT_ROOT / ".triton",
-            accounts=shared,
+            work / "triton.log",
+            shared,
             gateway_metrics_port=0,
         ).start(timeout=120)
         manifest = read_manifest_file(repository / "defense" / "1" / "same_calibration.json")

@@ -18,7 +18,7 @@ from same_defense.data import make_query_set
 from same_defense.serving.embedded import EmbeddedTriton, ServerError, free_port
 from same_defense.serving.supervisor import stubs_by_model
 
-from .conftest import PROJECT_ROOT, start_server
+from .servers import PROJECT_ROOT, start_server
 
 pytestmark = pytest.mark.server
 SHAPE = (1, 28, 28)

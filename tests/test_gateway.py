@@ -12,11 +12,9 @@ from tritonclient.utils import InferenceServerException
 from same_defense.accounts import KeyStore
 from same_defense.client import SameClient, SameClientError
 from same_defense.data import make_query_set
-from same_defense.gateway.deployment import ProtectedService
 from same_defense.gateway.options import AccountOptions
-from same_defense.serving.embedded import free_port
 
-from .conftest import PROJECT_ROOT
+from .servers import protected_service
 
 pytestmark = pytest.mark.server
 SHAPE = (1, 28, 28)
@@ -30,14 +28,10 @@ def protected(tiny_repository, tmp_path_factory):
     work = tmp_path_factory.mktemp("gw")
     keys = work / "keys.json"
     KEY["authorization"] = "Bearer " + KeyStore(keys).add("tester")
-    service = ProtectedService(
+    service = protected_service(
         tiny_repository,
-        public_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        log_file=work / "triton.log",
-        workdir=PROJECT_ROOT / ".triton",
-        accounts=AccountOptions(keys_file=keys),
+        work / "triton.log",
+        AccountOptions(keys_file=keys),
     ).start(timeout=120)
     with pytest.MonkeyPatch.context() as env:  # SameClient reads its key from here
         env.setenv("SAME_API_KEY", KEY["authorization"].split()[1])

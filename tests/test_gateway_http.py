@@ -41,7 +41,7 @@ from same_defense.gateway.rest import (
 )
 from same_defense.serving.embedded import free_port
 
-from .conftest import PROJECT_ROOT
+from .servers import PROJECT_ROOT, protected_service
 
 SHAPE = (1, 28, 28)
 IMAGE_BYTES = int(np.prod(SHAPE)) * 4
@@ -52,14 +52,10 @@ class Deployment:
     def __init__(self, repository, work):
         self.keys = KeyStore(work / "keys.json")
         self.key = {name: self.keys.add(name) for name in NAMES}
-        self.service = ProtectedService(
+        self.service = protected_service(
             repository,
-            public_port=free_port(),
-            http_port=free_port(),
-            metrics_port=free_port(),
-            log_file=work / "triton.log",
-            workdir=PROJECT_ROOT / ".triton",
-            accounts=AccountOptions(keys_file=self.keys.path),
+            work / "triton.log",
+            AccountOptions(keys_file=self.keys.path),
             gateway_metrics_port=0,
         ).start(timeout=120)
         self.manifest = read_manifest_file(repository / "defense" / "1" / "same_calibration.json")

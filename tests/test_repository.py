@@ -11,7 +11,7 @@ from tritonclient.grpc import model_config_pb2
 from same_defense.core import POLICY_NAMES
 from same_defense.export.repository import ServingSettings, core_source_dir, render_configs
 
-from .conftest import PROJECT_ROOT
+from .servers import PROJECT_ROOT
 
 COMMITTED = PROJECT_ROOT / "model_repository"
 MODELS = ("victim", "reconstructor", "defense", "same")

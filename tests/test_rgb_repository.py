@@ -16,11 +16,9 @@ from same_defense.client import SameClient
 from same_defense.data import DataSourceError, source_from_manifest, splits_from_manifest
 from same_defense.export.build import main as build_main
 from same_defense.export.repository import read_manifest, read_model_config
-from same_defense.gateway.deployment import ProtectedService
 from same_defense.gateway.options import AccountOptions
-from same_defense.serving.embedded import free_port
 
-from .conftest import PROJECT_ROOT
+from .servers import protected_service
 from .tiny_rgb import write_cifar10, write_cifar100
 
 SHAPE = (3, 32, 32)
@@ -86,14 +84,10 @@ def test_rgb_repository_is_served_through_the_gateway(cifar, tmp_path):
     keys = tmp_path / "keys.json"
     key = KeyStore(keys).add("rgb-user")
     test = splits_from_manifest(read_manifest(repository)).test
-    with ProtectedService(
+    with protected_service(
         repository,
-        public_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        log_file=tmp_path / "triton.log",
-        workdir=PROJECT_ROOT / ".triton",
-        accounts=AccountOptions(keys_file=keys),
+        tmp_path / "triton.log",
+        AccountOptions(keys_file=keys),
     ) as service:
         with SameClient(service.public_url, api_key=key) as client:
             assert client.input_shape == SHAPE

@@ -18,7 +18,7 @@ from same_defense.serving.embedded import ServerError, free_port
 from same_defense.serving.inprocess import InProcessSame
 from same_defense.serving.metrics import read_defense_counters
 
-from .conftest import start_server
+from .servers import start_server
 
 pytestmark = pytest.mark.server
 SHAPE = (1, 28, 28)

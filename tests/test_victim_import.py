@@ -31,12 +31,9 @@ from same_defense.export.victim_import import (
     load_onnx_model,
     wrap_onnx_victim,
 )
-from same_defense.gateway.deployment import ProtectedService
 from same_defense.gateway.options import AccountOptions
-from same_defense.serving.embedded import free_port
 from same_defense.serving.inprocess import InProcessSame
 
-from .conftest import PROJECT_ROOT, start_server
 from .provided_victim import (
     FOLDER_CLASSES,
     INPUT_NAME,
@@ -50,6 +47,7 @@ from .provided_victim import (
     provider_preprocess,
     train_provider_net,
 )
+from .servers import PROJECT_ROOT, protected_service, start_server
 from .tiny_rgb import tiny_rgb_images, write_image_folder
 
 MANIFEST = Path("defense") / "1" / "same_calibration.json"
@@ -184,14 +182,10 @@ def test_provided_victim_is_classified_through_the_gateway_over_grpc_and_http(
     keys = tmp_path / "keys.json"
     key = KeyStore(keys).add("provider-user")
     images = _images(8)
-    with ProtectedService(
+    with protected_service(
         repository,
-        public_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        log_file=tmp_path / "triton.log",
-        workdir=PROJECT_ROOT / ".triton",
-        accounts=AccountOptions(keys_file=keys),
+        tmp_path / "triton.log",
+        AccountOptions(keys_file=keys),
     ) as service:
         with SameClient(service.public_url, api_key=key) as client:
             assert client.input_shape == SHAPE

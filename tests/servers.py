@@ -1,0 +1,42 @@
+"""Helpers that start real servers for tests: a bare embedded Triton, and the protected
+deployment (Triton on loopback behind the gateway) on free ports. Fixtures stay in
+``conftest.py``; test modules import these helpers from here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from same_defense.gateway.deployment import ProtectedService
+from same_defense.gateway.options import AccountOptions
+from same_defense.serving.embedded import EmbeddedTriton, free_port
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+WORKDIR = PROJECT_ROOT / ".triton"  # backends prepared once, shared by every test server
+
+
+def start_server(repository: Path, log_file: Path) -> EmbeddedTriton:
+    """Triton alone on free ports (gRPC, HTTP, metrics), ready for requests."""
+    return EmbeddedTriton(
+        repository,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        log_file=log_file,
+        workdir=WORKDIR,
+    ).start(timeout=120)
+
+
+def protected_service(
+    repository: Path, log_file: Path, accounts: AccountOptions, **options: object
+) -> ProtectedService:
+    """The default deployment on free ports, not started (``with`` it or call ``start``)."""
+    return ProtectedService(
+        repository,
+        public_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        log_file=log_file,
+        workdir=WORKDIR,
+        accounts=accounts,
+        **options,
+    )
