@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps repository demo serve test test-unit lint clean loadtest bench evaluate soak
+.PHONY: install system-deps repository demo serve test test-unit lint clean loadtest bench evaluate soak cluster deploy
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(STAMP)
@@ -18,10 +18,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# The tests start their own redis-server (account state shared by several gateways).
+# The tests start their own redis-server (account state shared by several gateways) and
+# nginx (the gRPC load balancer of the two-replica cluster; nginx-light has grpc_pass).
 system-deps:
 	@command -v redis-server >/dev/null || { echo "installing redis-server (apt-get)"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q redis-server; }
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "installing nginx (apt-get)"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q nginx-light; }
 
 # Train the victim and SAME's reconstructor, export ONNX, calibrate, write model_repository/.
 repository: $(STAMP)
@@ -60,6 +63,16 @@ evaluate: $(STAMP)
 	$(PY) -m same_defense.evaluation.run $(EVALUATE_ARGS)
 	$(PY) -m same_defense.evaluation.accounts $(ACCOUNTS_ARGS)
 	$(PY) -m same_defense.evaluation.recipes
+
+# Build if needed; on loopback: Redis, 2 Tritons, 2 gateway processes, nginx in front of each
+# tier; distributed Locust (master + 2 workers) against it and against 1 Triton + 1 gateway;
+# kills a Triton and a gateway under load, freezes Redis; reports/cluster.json.
+cluster: $(STAMP) system-deps
+	$(PY) -m same_defense.load.cluster $(CLUSTER_ARGS)
+
+# Render the Kubernetes manifests (deploy/k8s/*.yaml) from the serving settings.
+deploy: $(STAMP)
+	$(VENV)/bin/same-deploy
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q

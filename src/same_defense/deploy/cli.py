@@ -1,0 +1,100 @@
+"""``same-deploy`` (``python -m same_defense.deploy``): write ``deploy/k8s/*.yaml``.
+
+    same-deploy                           # the committed manifests (default settings)
+    same-deploy --check                   # exit 1 if deploy/k8s differs from a fresh render
+    same-deploy --out my-k8s --repository model_repository --gpu --namespace prod \\
+        --gateway-image reg/same-gateway:1.2 --repository-image reg/same-repo:1.2
+
+``--repository`` takes the input shape and class names from a built repository's manifest
+(any data set); without it the defaults match the tracked MNIST configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .render import render
+from .settings import DeploySettings
+
+HEADER = (
+    "# Rendered by `same-deploy` (src/same_defense/deploy/render.py) from the settings the\n"
+    "# embedded server uses; do not edit by hand: change the settings and render again.\n"
+)
+
+
+def to_yaml(objects: list[dict]) -> str:
+    try:
+        import yaml
+    except ImportError as exc:  # pragma: no cover - install problem
+        raise SystemExit("same-deploy needs PyYAML: pip install -e '.[dev]'") from exc
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str):
+        # Model configs and adapter rules stay readable: block style for multi-line text.
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    docs = [yaml.dump(o, Dumper=Dumper, sort_keys=False, width=100) for o in objects]
+    return HEADER + "---\n" + "---\n".join(docs)
+
+
+def render_files(settings: DeploySettings) -> dict[str, str]:
+    return {name: to_yaml(objects) for name, objects in render(settings).items()}
+
+
+def settings_from_args(args: argparse.Namespace) -> DeploySettings:
+    s = DeploySettings(namespace=args.namespace, gpu=args.gpu, redis_url=args.redis_url)
+    if args.repository is not None:
+        from ..export.repository import ServingSettings, read_manifest
+
+        manifest = read_manifest(args.repository)
+        serving = ServingSettings(
+            input_shape=tuple(manifest["input_shape"]),
+            num_classes=len(manifest["class_names"]),
+            class_names=tuple(manifest["class_names"]),
+        )
+        s = replace(s, serving=serving)
+    for field in ("triton_image", "gateway_image", "repository_image"):
+        if getattr(args, field):
+            s = replace(s, **{field: getattr(args, field)})
+    return s
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="same-deploy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, default=Path("deploy/k8s"))
+    p.add_argument("--check", action="store_true", help="compare with --out, write nothing")
+    p.add_argument("--repository", type=Path, help="take shapes and classes from its manifest")
+    p.add_argument("--namespace", default=DeploySettings.namespace)
+    p.add_argument("--gpu", action="store_true", help="one GPU per Triton pod, KIND_GPU models")
+    p.add_argument("--redis-url", help="an existing Redis (no StatefulSet rendered)")
+    p.add_argument("--triton-image")
+    p.add_argument("--gateway-image")
+    p.add_argument("--repository-image")
+    args = p.parse_args(argv)
+    files = render_files(settings_from_args(args))
+    if args.check:
+        stale = [n for n, t in files.items() if not (args.out / n).exists()
+                 or (args.out / n).read_text() != t]  # fmt: skip
+        extra = sorted({p.name for p in args.out.glob("*.yaml")} - set(files))
+        if stale or extra:
+            print(f"same-deploy: {args.out} is stale: {', '.join(stale + extra)}; run same-deploy",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        print(f"same-deploy: {args.out} matches a fresh render ({len(files)} files)")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (args.out / name).write_text(text)
+    print(f"same-deploy: wrote {len(files)} files to {args.out}")
+    return 0
