@@ -237,8 +237,12 @@ def run_honest_population(
                 ),
             )
             got = answer.labels[idx] == labels[idx]
-            stats[kind][2:] += (len(idx), victim_ok[idx].sum(), got.sum(),
-                                (normal.labels[idx] == labels[idx]).sum())  # fmt: skip
+            stats[kind][2:] += (
+                len(idx),
+                victim_ok[idx].sum(),
+                got.sum(),
+                (normal.labels[idx] == labels[idx]).sum(),
+            )
         state = service.store.get(name)
         stats[kind][:2] += (1, state.suspected_at_query > 0)
         peaks[kind].append(state.peak_cusum)
@@ -290,23 +294,29 @@ def summarise(records: list[dict]) -> list[dict]:
         )
     rows = []
     for a, o in dict.fromkeys((r["attack"], r["output"]) for r in records):
-        pick = {k: [r for r in records if (r["attack"], r["output"], r["accounts"]) == (a, o, k)]
-                for k in (0, 1)}  # fmt: skip
+        pick = {
+            k: [r for r in records if (r["attack"], r["output"], r["accounts"]) == (a, o, k)]
+            for k in (0, 1)
+        }
         if not pick[1]:
             continue
         acc = [r["clone_accuracy"] for r in pick[1]]
         drops = [r["drop_points"] for r in pick[1] if r["drop_points"] is not None]
         und = [r["clone_accuracy"] for r in pick[0]]
-        rows.append({
-            "attack": a, "output": o, "seeds": [r["seed"] for r in pick[1]],
-            "clone_accuracy_mean": float(np.mean(acc)),
-            "clone_accuracy_range": [min(acc), max(acc)],
-            "undefended_accuracy_mean": float(np.mean(und)) if und else None,
-            "drop_points_mean": round(float(np.mean(drops)), 2) if drops else None,
-            "drop_points_range": [min(drops), max(drops)] if drops else None,
-            "detection_delays": [r["detection_delay"] for r in pick[1]],
-            "forced_share_mean": float(np.mean([r["forced_share"] for r in pick[1]])),
-        })  # fmt: skip
+        rows.append(
+            {
+                "attack": a,
+                "output": o,
+                "seeds": [r["seed"] for r in pick[1]],
+                "clone_accuracy_mean": float(np.mean(acc)),
+                "clone_accuracy_range": [min(acc), max(acc)],
+                "undefended_accuracy_mean": float(np.mean(und)) if und else None,
+                "drop_points_mean": round(float(np.mean(drops)), 2) if drops else None,
+                "drop_points_range": [min(drops), max(drops)] if drops else None,
+                "detection_delays": [r["detection_delay"] for r in pick[1]],
+                "forced_share_mean": float(np.mean([r["forced_share"] for r in pick[1]])),
+            }
+        )
     return rows
 
 
@@ -315,12 +325,15 @@ def goals(one_account: list[dict], honest: dict) -> list[dict]:
     rows = []
     for s in (s for s in one_account if s["attack"] in GOAL_ATTACKS):
         d = s["drop_points_mean"]
-        rows.append({
-            "goal": f"one account: clone acc >= 50 points below undefended "
-            f"({s['attack']}, {s['output']}; mean over seeds)",
-            "measured": d, "worst_seed": s["drop_points_range"][0] if d is not None else None,
-            "met": d is not None and d >= 50,
-        })  # fmt: skip
+        rows.append(
+            {
+                "goal": f"one account: clone acc >= 50 points below undefended "
+                f"({s['attack']}, {s['output']}; mean over seeds)",
+                "measured": d,
+                "worst_seed": s["drop_points_range"][0] if d is not None else None,
+                "met": d is not None and d >= 50,
+            }
+        )
     o = honest["overall"]
     rows.append(
         {

@@ -23,9 +23,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
 from ..attacks import OUTPUT_TYPES, CloneConfig, clone_architecture
+from .accounts_report import write_markdown, write_plot
 from .setup import ATTACKS, EvalConfig, context, make_attack
 
 ACCOUNT_COUNTS = (1, 10, 40, 100)
@@ -57,10 +56,18 @@ class AccountEvalConfig:
     def eval_config(self) -> EvalConfig:
         """The :mod:`.run` configuration whose context (data, graphs, trainer) is reused."""
         return EvalConfig(
-            repository=self.repository, out_dir=self.out_dir, budget=self.budget,
-            clone=self.clone, attacks=self.attacks, output_types=self.outputs,
-            seed=self.seeds[0], grpc_check=0, indist=False, curves=False, quick=self.quick,
-        )  # fmt: skip
+            repository=self.repository,
+            out_dir=self.out_dir,
+            budget=self.budget,
+            clone=self.clone,
+            attacks=self.attacks,
+            output_types=self.outputs,
+            seed=self.seeds[0],
+            grpc_check=0,
+            indist=False,
+            curves=False,
+            quick=self.quick,
+        )
 
     def runs(self) -> list[tuple[str, str, int, int]]:
         """``(attack, output, accounts, seed)``, accounts 0 = undefended; longest first. Only
@@ -119,10 +126,14 @@ def run_one(config: AccountEvalConfig, attack: str, output: str, accounts: int, 
 
 def describe(r: dict) -> str:
     who = f"{r['accounts']:>3} accounts" if r["accounts"] else "undefended  "
-    extra = "" if not r["accounts"] else (
-        f" suspected {r['accounts_suspected']}/{r['accounts']} delay {r['detection_delay']} "
-        f"forced {r['forced_share']:.3f}"
-    )  # fmt: skip
+    extra = (
+        ""
+        if not r["accounts"]
+        else (
+            f" suspected {r['accounts_suspected']}/{r['accounts']} delay {r['detection_delay']} "
+            f"forced {r['forced_share']:.3f}"
+        )
+    )
     return (
         f"[{r['attack']}] {r['output']:<6} {who} seed {r['seed']}: clone acc "
         f"{r['clone_accuracy']:.3f} fidelity {r['clone_fidelity']:.3f}{extra} ({r['time_s']:.0f}s)"
@@ -142,9 +153,11 @@ def run_attacks(config: AccountEvalConfig) -> list[dict]:
     from .matrix import exit_with_parent
 
     with ProcessPoolExecutor(
-        config.workers, mp_context=mp.get_context("spawn"),
-        initializer=exit_with_parent, initargs=(os.getpid(),),
-    ) as pool:  # fmt: skip
+        config.workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         for future in as_completed([pool.submit(run_one, config, *r) for r in runs]):
             records.append(future.result())
             log.info("%s (%d/%d)", describe(records[-1]), len(records), len(runs))
@@ -163,13 +176,24 @@ def evaluate(config: AccountEvalConfig) -> dict:
     service = account_service(pipeline.manifest)  # raises if the build wrote no references
     test = ctx.splits.test
     honest = run_honest_population(
-        pipeline.settings, service, ctx.benign, test.images, test.labels,
-        config.honest_accounts, config.honest_queries, seed=config.seeds[0],
-    )  # fmt: skip
+        pipeline.settings,
+        service,
+        ctx.benign,
+        test.images,
+        test.labels,
+        config.honest_accounts,
+        config.honest_queries,
+        seed=config.seeds[0],
+    )
     timings["honest_s"] = round(time.perf_counter() - start, 1)
     o = honest["overall"]
-    log.info("honest: %d/%d accounts suspected, %.3f points lost (%.0fs)", o["suspected"],
-             o["accounts"], o["accuracy_lost_points"], timings["honest_s"])  # fmt: skip
+    log.info(
+        "honest: %d/%d accounts suspected, %.3f points lost (%.0fs)",
+        o["suspected"],
+        o["accounts"],
+        o["accuracy_lost_points"],
+        timings["honest_s"],
+    )
     t = time.perf_counter()
     records = sorted(
         run_attacks(config), key=lambda r: (r["attack"], r["output"], r["accounts"], r["seed"])
@@ -178,114 +202,27 @@ def evaluate(config: AccountEvalConfig) -> dict:
     one_account = summarise(records)
     report = {
         "schema_version": 1,
-        "settings": {k: v for k, v in asdict(config).items() if k != "clone"} | {
-            "clone": asdict(config.clone), "account_test": service.settings.to_dict(),
-            "policy": pipeline.settings.policy, "threshold": pipeline.settings.threshold,
-            "dataset": ctx.manifest["dataset"], "n_test": len(test),
+        "settings": {k: v for k, v in asdict(config).items() if k != "clone"}
+        | {
+            "clone": asdict(config.clone),
+            "account_test": service.settings.to_dict(),
+            "policy": pipeline.settings.policy,
+            "threshold": pipeline.settings.threshold,
+            "dataset": ctx.manifest["dataset"],
+            "n_test": len(test),
             "victim_test_accuracy": ctx.manifest.get("victim_test_accuracy"),
         },
-        "honest": honest, "attacks": records, "one_account": one_account,
-        "goals": goals(one_account, honest), "timings": timings,
-    }  # fmt: skip
+        "honest": honest,
+        "attacks": records,
+        "one_account": one_account,
+        "goals": goals(one_account, honest),
+        "timings": timings,
+    }
     write_plot(report, out / "accounts_clone_vs_accounts.png")
     timings["total_s"] = round(time.perf_counter() - start, 1)
     (out / "accounts.json").write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(report, out / "accounts.md")
     return report
-
-
-def write_plot(report: dict, path: Path) -> None:
-    """Clone accuracy against accounts, one panel per output type, undefended dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recs, s = report["attacks"], report["settings"]
-    fig, axes = plt.subplots(1, len(s["outputs"]), figsize=(6 * len(s["outputs"]), 4.5),
-                             squeeze=False, sharey=True)  # fmt: skip
-    for ax, output in zip(axes[0], s["outputs"], strict=True):
-        for i, attack in enumerate(s["attacks"]):
-            mine = [r for r in recs if (r["attack"], r["output"]) == (attack, output)]
-            ks = sorted({r["accounts"] for r in mine} - {0})
-            acc = [np.mean([r["clone_accuracy"] for r in mine if r["accounts"] == k]) for k in ks]
-            ax.plot(ks, acc, "o-", color=f"C{i}", label=attack)
-            und = [r["clone_accuracy"] for r in mine if r["accounts"] == 0]
-            if und:
-                ax.axhline(float(np.mean(und)), color=f"C{i}", ls="--", lw=1)
-        ax.set(xscale="log", xlabel="accounts the thief spreads its queries over",
-               title=f"{output} (dashed: undefended)", ylim=(0, 1))  # fmt: skip
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("clone accuracy (test split)")
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle(f"Account-level SAME, budget {s['budget']} queries")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _f(x: object, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, bool):
-        return "yes" if x else "**no**"
-    if isinstance(x, str | int | np.integer):
-        return str(x)
-    return f"{x:.{digits}f}"
-
-
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(_f(c) for c in r) + " |" for r in rows] + [""]
-
-
-def write_markdown(report: dict, path: Path) -> None:
-    """``accounts.md``: the goals, then the honest population, one account, the k sweep."""
-    s, h, t = report["settings"], report["honest"], report["settings"]["account_test"]
-    seeds = ", ".join(map(str, s["seeds"]))
-
-    def rows(items: list[dict], keys: str) -> list[list]:
-        return [[item.get(k) for k in keys.split()] for item in items]
-
-    def span(x: list | None) -> str:
-        return "-" if x is None else f"{_f(x[0])} to {_f(x[1])}"
-
-    out = ["# Account-level SAME: offline evaluation", "",
-           f"Budget {s['budget']} queries per thief, policy `{s['policy']}`, seeds {seeds} "
-           f"(k = 1; the first seed elsewhere). Test: level {t['level']}, p0 "
-           f"{t['p0']}, p1 {t['p1']}, h {t['h']:.2f}. Total {report['timings']['total_s']:.0f} s.",
-           "", "## Goals", ""]  # fmt: skip
-    out += _table(["goal", "measured", "met"], rows(report["goals"], "goal measured met"))
-    out += ["## Honest accounts", "", f"{h['accounts']} accounts x {h['queries_per_account']} "
-            f"test queries; bound on P(false alarm) per account "
-            f"{h['false_alarm_bound_per_account']:.2g}.", ""]  # fmt: skip
-    kinds = [{"kind": k, **v} for k, v in {**h["kinds"], "overall": h["overall"]}.items()]
-    out += _table(
-        "kind|accounts|suspected|share|CP 95 % upper|accuracy lost (points)|of which suspicion|"
-        "max peak CUSUM".split("|"),
-        rows(kinds, "kind accounts suspected suspected_share suspected_cp_upper95 "
-             "accuracy_lost_points lost_to_suspicion_points peak_cusum_max"),
-    )  # fmt: skip
-    out += ["## One account (mean and range over seeds)", ""]
-    one = [{**r, "acc": span(r["clone_accuracy_range"]), "drops": span(r["drop_points_range"]),
-            "delays": ", ".join(_f(d) for d in r["detection_delays"])}
-           for r in report["one_account"]]  # fmt: skip
-    out += _table(
-        "attack|output|undefended|clone acc|range|drop (points)|drop range|detection delays|"
-        "forced share".split("|"),
-        rows(one, "attack output undefended_accuracy_mean clone_accuracy_mean acc "
-             "drop_points_mean drops delays forced_share_mean"),
-    )  # fmt: skip
-    out += ["## Thief spread over k accounts (k = 0: undefended)", ""]
-    used = "{accounts_suspected}/{accounts_used}"
-    sweep = [{**r, "of": used.format(**r) if r["accounts"] else "-"} for r in report["attacks"]]
-    out += _table(
-        "attack|output|k|seed|clone acc|fidelity|drop (points)|delay|suspected / used|forced share|"
-        "policy share".split("|"),
-        rows(sweep, "attack output accounts seed clone_accuracy clone_fidelity drop_points "
-             "detection_delay of forced_share policy_share"),
-    )  # fmt: skip
-    path.write_text("\n".join(out))
 
 
 def parse_args(argv: list[str] | None) -> AccountEvalConfig:
@@ -312,14 +249,21 @@ def parse_args(argv: list[str] | None) -> AccountEvalConfig:
     q = a.quick
     seeds = tuple(a.seeds or ((0,) if q else (0, 1, 2)))
     return AccountEvalConfig(
-        repository=a.repository, out_dir=a.out, budget=a.budget or (320 if q else 4000),
-        seeds=seeds[:1] if q else seeds, account_counts=tuple(a.accounts or ((1, 10) if q
-        else ACCOUNT_COUNTS)), attacks=tuple(a.attacks or (QUICK_ATTACKS if q else ATTACKS)),
-        outputs=tuple(a.outputs), honest_accounts=a.honest_accounts or (200 if q else 1000),
-        honest_queries=a.honest_queries, workers=a.workers or (1 if q else 2), quick=q,
-        clone=CloneConfig(epochs=a.epochs or DEFAULT_EPOCHS,
-                          min_steps=20 if q else 0, seed=seeds[0]),
-    )  # fmt: skip
+        repository=a.repository,
+        out_dir=a.out,
+        budget=a.budget or (320 if q else 4000),
+        seeds=seeds[:1] if q else seeds,
+        account_counts=tuple(a.accounts or ((1, 10) if q else ACCOUNT_COUNTS)),
+        attacks=tuple(a.attacks or (QUICK_ATTACKS if q else ATTACKS)),
+        outputs=tuple(a.outputs),
+        honest_accounts=a.honest_accounts or (200 if q else 1000),
+        honest_queries=a.honest_queries,
+        workers=a.workers or (1 if q else 2),
+        quick=q,
+        clone=CloneConfig(
+            epochs=a.epochs or DEFAULT_EPOCHS, min_steps=20 if q else 0, seed=seeds[0]
+        ),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     report = evaluate(config)
     out = Path(config.out_dir)
-    print(f"wrote {out / 'accounts.json'}, accounts.md and accounts_clone_vs_accounts.png "
-          f"in {report['timings']['total_s']:.0f}s")  # fmt: skip
+    print(
+        f"wrote {out / 'accounts.json'}, accounts.md and accounts_clone_vs_accounts.png "
+        f"in {report['timings']['total_s']:.0f}s"
+    )
     for g in report["goals"]:
         print(f"  {'MET ' if g['met'] else 'MISS'} {g['goal']}: {g['measured']}")
     return 0

@@ -120,7 +120,8 @@ def live_check(ctx: Context) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from .defenses import DEFENSE_NAMES, EXPERIMENTAL_DEFENSES
-    from .report import write_markdown, write_plots
+    from .plots import write_plots
+    from .report import write_markdown
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
