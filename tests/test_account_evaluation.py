@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 
 from same_defense.data import load_dataset, make_query_set, split_dataset
-from same_defense.evaluation.account_population import (
+from same_defense.evaluation.account_population import AccountOracle, account_service
+from same_defense.evaluation.accounts import main as accounts_main
+from same_defense.evaluation.honest_population import (
     HONEST_KINDS,
-    AccountOracle,
-    account_service,
     clopper_pearson_upper,
     honest_requests,
     run_honest_population,
 )
-from same_defense.evaluation.accounts import main as accounts_main
 from same_defense.serving.inprocess import InProcessSame
 
 

@@ -166,7 +166,8 @@ def run_attacks(config: AccountEvalConfig) -> list[dict]:
 
 def evaluate(config: AccountEvalConfig) -> dict:
     """The whole evaluation; writes the three files and returns the JSON report."""
-    from .account_population import account_service, goals, run_honest_population, summarise
+    from .account_population import account_service, goals, summarise
+    from .honest_population import run_honest_population
 
     start, timings = time.perf_counter(), {}
     out = Path(config.out_dir)
