@@ -269,3 +269,7 @@ def test_tiny_matrix_writes_the_report(tiny_repository, tmp_path):
     assert "## Extraction" in md and "knockoff-digits8x8" in md
     for name in ("roc_noise.png", "hist_knockoff-digits8x8.png", "clone_vs_queries.png"):
         assert (out / name).stat().st_size > 1000
+    from same_defense.reporting.docs import load_reports, results_page
+
+    page = results_page(load_reports(out))  # the docs page renders this report too
+    assert "per-query AUROC, knockoff-digits8x8" in page and "### Extraction" in page

@@ -46,6 +46,11 @@ def write_plot(report: dict, path: Path) -> None:
 
 def write_markdown(report: dict, path: Path) -> None:
     """``accounts.md``: the goals, then the honest population, one account, the k sweep."""
+    path.write_text("\n".join(markdown_lines(report)))
+
+
+def markdown_lines(report: dict) -> list[str]:
+    """The lines of ``accounts.md`` (also shown in ``docs/results.md``)."""
     s, h, t = report["settings"], report["honest"], report["settings"]["account_test"]
     seeds = ", ".join(map(str, s["seeds"]))
 
@@ -116,4 +121,4 @@ def write_markdown(report: dict, path: Path) -> None:
             "detection_delay of forced_share policy_share",
         ),
     )
-    path.write_text("\n".join(out))
+    return out
