@@ -238,7 +238,8 @@ def run_matrix(config: EvalConfig) -> list[dict]:
     tasks = [(a, o) for a in order for o in config.output_types]
     tasks += [(INDIST, None)] if config.indist else []
     results = []
-    bar = tqdm(total=len(tasks), desc="attack tasks", unit="task", file=sys.stdout)
+    # disable=None: a bar only on a terminal (a log file gets no progress lines)
+    bar = tqdm(total=len(tasks), desc="attack tasks", unit="task", file=sys.stdout, disable=None)
     if config.workers <= 1:
         for name, output in tasks:
             results.append(_task(config, name, output))
