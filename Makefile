@@ -4,9 +4,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps repository demo serve test test-unit lint clean loadtest bench evaluate soak cluster deploy
+.PHONY: help install system-deps repository demo serve test test-unit lint clean loadtest bench evaluate soak cluster deploy docs
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+# List the targets with the first line of the comment above each.
+help:
+	@awk '/^# / { if (!doc) doc = substr($$0, 3); next } \
+	  /^[a-z][a-z-]*:/ { split($$0, t, ":"); if (doc) printf "  %-12s %s\n", t[1], doc } \
+	  { doc = "" }' $(MAKEFILE_LIST)
+
+# Create .venv and install the project with its dev tools (torch pinned to the CPU wheel).
 install: $(STAMP)
 
 # torch is installed first and pinned: 2.13.0 is the CPU wheel this machine keeps on disk;
@@ -18,7 +25,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# The tests start their own redis-server (account state shared by several gateways) and
+# apt-get install redis-server and nginx-light when missing (the tests start their own).
+# redis-server holds account state shared by several gateways;
 # nginx (the gRPC load balancer of the two-replica cluster; nginx-light has grpc_pass).
 system-deps:
 	@command -v redis-server >/dev/null || { echo "installing redis-server (apt-get)"; \
@@ -38,22 +46,26 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/same-serve
 
+# Locust load test of `same` against the bare `victim`: reports/loadtest/.
 # Build if needed, serve, run Locust headless against `same` and the bare `victim`
 # (60 s each, same user mix); reports/loadtest/{summary.json,comparison.png,*.csv,*.html}.
 # Options: make loadtest LOADTEST_ARGS="--run-time 2m --users 40" (see --help).
 loadtest: $(STAMP)
 	$(PY) -m same_defense.load.loadtest $(LOADTEST_ARGS)
 
+# 11-minute soak of the protected endpoint under benign and attacker load: reports/soak.json.
 # Build if needed; 11 min of Locust (benign + attacker users) against the protected endpoint
 # (gateway + Triton), sampling server/stub memory; reports/soak.json. SOAK_ARGS="..." as above.
 soak: $(STAMP)
 	$(PY) -m same_defense.load.soak $(SOAK_ARGS)
 
+# Closed-loop throughput and latency of `same` against `victim`: reports/bench.json.
 # Build if needed; closed-loop benchmark (batch 1/8/64 x concurrency 1/4/16) of `same`,
 # `victim` and the same graphs in-process; reports/bench.json. BENCH_ARGS="..." as above.
 bench: $(STAMP)
 	$(PY) -m same_defense.load.bench $(BENCH_ARGS)
 
+# Attacks x defenses, account-level and shadow-recipe evaluations: reports/evaluation.* etc.
 # Every extraction attack (4,000 queries each) against every defense, probabilities and labels
 # only; reports/evaluation.{json,md} + plots; 17-20 min on 2 shared cores. Then the
 # account-level defense (one thief account, 10/40/100 Sybil accounts, 1,000 honest accounts):
@@ -64,6 +76,7 @@ evaluate: $(STAMP)
 	$(PY) -m same_defense.evaluation.accounts $(ACCOUNTS_ARGS)
 	$(PY) -m same_defense.evaluation.recipes
 
+# Two Tritons and two gateways behind nginx, distributed Locust, faults: reports/cluster.json.
 # Build if needed; on loopback: Redis, 2 Tritons, 2 gateway processes, nginx in front of each
 # tier; distributed Locust (master + 2 workers) against it and against 1 Triton + 1 gateway;
 # kills a Triton and a gateway under load, freezes Redis; reports/cluster.json.
@@ -74,15 +87,23 @@ cluster: $(STAMP) system-deps
 deploy: $(STAMP)
 	$(VENV)/bin/same-deploy
 
+# docs/results.md and the README's headline table, from reports/*.json (run the targets first).
+docs: $(STAMP)
+	$(PY) -m same_defense.reporting.docs
+
+# The whole test suite: real tritonserver, redis-server and nginx (installed if missing).
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
+# The tests that start no server.
 test-unit: $(STAMP)
 	$(PY) -m pytest -q -m "not server"
 
+# ruff check (lint rules in pyproject.toml) and ruff format --check; pre-commit runs the same.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Remove build artifacts, logs, reports and the prepared Triton backends.
 clean:
 	rm -rf artifacts .triton logs reports
