@@ -42,7 +42,7 @@ repository: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m same_defense.demo
 
-# The embedded Triton server in the foreground (Ctrl-C stops it).
+# Triton on loopback behind the public gateway (gRPC 8001, HTTP 8000); Ctrl-C stops it.
 serve: $(STAMP)
 	$(VENV)/bin/same-serve
 
