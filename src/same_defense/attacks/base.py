@@ -17,6 +17,12 @@ Evaluate = Callable[[nn.Module], float]
 
 @dataclass
 class AttackResult:
+    """What an attack returns: the clone, the queries it spent and how the clone improved.
+
+    ``curve`` holds ``(queries spent, evaluate(clone))`` points when the attack was given an
+    ``evaluate``; ``info`` holds the attack's own figures (queries per round, bandit pulls, ...).
+    """
+
     attack: str
     output_type: str
     clone: nn.Module
@@ -38,6 +44,7 @@ def query_in_batches(oracle: Oracle, images: np.ndarray, batch_size: int) -> Ans
 
 
 def concat_answers(a: Answer, b: Answer) -> Answer:
+    """``a``'s rows then ``b``'s; an empty side is skipped (its ``(0, 0)`` probs cannot stack)."""
     if len(a.labels) == 0:
         return b
     if len(b.labels) == 0:
@@ -67,8 +74,11 @@ def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
 def extend_pool(
     images: np.ndarray, groups: np.ndarray, size: int, seed: int, max_shift: int = 2
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Grow a transfer pool to ``size`` with shifted copies, so a budget above the pool's size
-    buys new images instead of repeats (an attacker would augment, not resend)."""
+    """Grow a transfer pool to ``size`` with randomly shifted copies of its images.
+
+    A budget above the pool's size then buys new images instead of repeats (an attacker would
+    augment, not resend). Returns ``(images, groups)``; each copy keeps its original's group.
+    """
     if size <= len(images):
         return images, groups
     rng = np.random.default_rng(seed)

@@ -70,9 +70,11 @@ def _state_digest(model: nn.Module) -> str:
 
 
 def clone_architecture(manifest: dict) -> str:
-    """The thief's default clone architecture for a repository: the victim's own when the
-    build trained it, else the shadow's (a provided victim's architecture is unknown to us,
-    and the build chose the shadow's by input size)."""
+    """The thief's default clone architecture for the repository that ``manifest`` describes.
+
+    The victim's own when the build trained it, else the shadow's (a provided victim's
+    architecture is unknown to us, and the build chose the shadow's by input size).
+    """
     victim = manifest.get("victim_architecture", "cnn3")
     if victim in VICTIM_ARCHITECTURES:
         return victim
@@ -100,6 +102,7 @@ class CloneTrainer:
         self.reused = 0  # trainings answered from the cache
 
     def new_model(self, seed: int | None = None) -> nn.Module:
+        """A fresh untrained clone, initialised from ``seed`` (default: the config's)."""
         torch.manual_seed(self.config.seed if seed is None else seed)
         return build_classifier(self.architecture, self.input_shape, self.num_classes)
 
@@ -147,6 +150,10 @@ class CloneTrainer:
     def fit_answers(
         self, images: np.ndarray, answer: Answer, output_type: str, **kwargs
     ) -> nn.Module:
+        """:meth:`fit` on ``answer`` as an ``output_type`` thief sees it; refused rows dropped.
+
+        ``kwargs`` (``model``, ``epochs``, ``min_steps``) go to :meth:`fit`.
+        """
         keep, targets = training_targets(answer, output_type)
         return self.fit(images[keep], targets, **kwargs)
 

@@ -51,6 +51,7 @@ class Generator(nn.Module):
         )  # fmt: skip
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Images ``[N, C, H, W]`` in (0, 1) from latent vectors ``z`` ``[N, latent]``."""
         x = self.fc(z).view(-1, *self.start)
         return torch.sigmoid(self.body(x))
 
@@ -70,6 +71,12 @@ def _logits(targets: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 class Dfme:
+    """DFME: a generator invents the queries; the clone learns to match the victim's answers.
+
+    ``directions`` (``m``) and ``epsilon`` set the forward-difference estimate of the victim's
+    gradient; ``replay`` ends by training the clone on every answer bought.
+    """
+
     name = "dfme"
 
     def __init__(
@@ -109,6 +116,11 @@ class Dfme:
         output_type: str,
         evaluate: Evaluate | None = None,
     ) -> AttackResult:
+        """Alternate generator and clone steps while the budget pays for a generator step.
+
+        ``info`` holds the generator steps taken and whether the clone diverged (then the
+        clone returned is a fresh one, trained on the answers only if ``replay`` is set).
+        """
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         generator = Generator(self.shape, self.latent)

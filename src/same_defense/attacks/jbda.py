@@ -32,6 +32,13 @@ def jacobian_step(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray
 
 
 class Jbda:
+    """JBDA from ``seed_images``: each round adds one gradient-sign step of every known image.
+
+    Intermediate rounds train the clone briefly (``round_epochs``, at least ``round_min_steps``
+    optimiser steps) only to steer the next augmentation; ``tau`` enables Papernot's periodic
+    sign flip of ``lam``.
+    """
+
     name = "jbda"
 
     def __init__(
@@ -61,6 +68,10 @@ class Jbda:
         output_type: str,
         evaluate: Evaluate | None = None,
     ) -> AttackResult:
+        """Query the seed set, then train, augment and query until ``rounds`` or the budget ends.
+
+        ``info`` holds the queries of each round, the seed set's first.
+        """
         rng = np.random.default_rng(self.seed)
         images = self.seed_images[: spendable(oracle, len(self.seed_images))]
         answer = query_in_batches(oracle, images, self.batch_size)

@@ -1,5 +1,6 @@
-"""KnockoffNets (Orekondy et al., CVPR 2019): query a transfer set from another source, train a
-clone on the answers.
+"""KnockoffNets (Orekondy et al., CVPR 2019): query a transfer set, train a clone on the answers.
+
+The transfer set comes from another source than the victim's training data.
 
 Two sampling strategies, as in the paper:
 
@@ -118,6 +119,10 @@ class KnockoffNets:
         output_type: str,
         evaluate: Evaluate | None = None,
     ) -> AttackResult:
+        """Sample and query the pool up to the budget, then train the clone on every answer.
+
+        ``info`` holds the adaptive bandit's pulls per group (empty for random sampling).
+        """
         n = spendable(oracle, len(self.pool))
         if self.sampling == "random":
             order = np.random.default_rng(self.seed).permutation(len(self.pool))[:n]

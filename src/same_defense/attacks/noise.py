@@ -12,6 +12,8 @@ from .oracle import Oracle
 
 
 class UniformNoise:
+    """KnockoffNets on a pool of uniform-noise images; ``checkpoints`` as there."""
+
     name = "noise"
 
     def __init__(
@@ -30,6 +32,7 @@ class UniformNoise:
         output_type: str,
         evaluate: Evaluate | None = None,
     ) -> AttackResult:
+        """Query as many noise images as the budget allows (4,000 without a budget)."""
         n = oracle.remaining if oracle.remaining is not None else 4000
         pool = make_query_set("noise", n, self.shape, self.seed)
         inner = KnockoffNets(

@@ -40,9 +40,15 @@ class Oracle(Protocol):
     queries_used: int
 
     @property
-    def remaining(self) -> int | None: ...
+    def remaining(self) -> int | None:
+        """Queries the budget still allows; None when unlimited."""
 
-    def query(self, images: np.ndarray) -> Answer: ...
+    def query(self, images: np.ndarray) -> Answer:
+        """Answer a batch ``[N, C, H, W]`` and count it against the budget.
+
+        Raises:
+            BudgetExceeded: The batch would take the queries used past the budget.
+        """
 
 
 class _Accounting:
@@ -123,10 +129,12 @@ class InProcessOracle(_Accounting):
 
     @property
     def scores(self) -> np.ndarray:
+        """The SAME score of every query answered while recording, in order."""
         return np.concatenate(self._scores) if self._scores else np.zeros(0)
 
     @property
     def flagged(self) -> np.ndarray:
+        """Whether the service flagged each query answered while recording, in order."""
         return np.concatenate(self._flagged) if self._flagged else np.zeros(0, bool)
 
 
@@ -153,6 +161,7 @@ class GrpcOracle(_Accounting):
         return Answer(prediction.probs.astype(np.float32), prediction.labels.astype(np.int64))
 
     def close(self) -> None:
+        """Close the gRPC connection."""
         self.client.close()
 
     def __enter__(self) -> GrpcOracle:
@@ -163,26 +172,32 @@ class GrpcOracle(_Accounting):
 
 
 class LabelOnly:
-    """What a thief sees when the service returns only ``LABEL``: the probabilities it gets
-    are the one-hot of the label (all zeros where refused). Budget and counts are the
-    wrapped oracle's."""
+    """What a thief sees when the service returns only ``LABEL``.
+
+    The probabilities it gets are the one-hot of the label (all zeros where refused). Budget
+    and counts are the wrapped oracle's.
+    """
 
     def __init__(self, oracle: Oracle) -> None:
         self.oracle = oracle
 
     @property
     def budget(self) -> int | None:
+        """The wrapped oracle's budget."""
         return self.oracle.budget
 
     @property
     def queries_used(self) -> int:
+        """Queries the wrapped oracle has answered."""
         return self.oracle.queries_used
 
     @property
     def remaining(self) -> int | None:
+        """Queries the wrapped oracle's budget still allows; None when unlimited."""
         return self.oracle.remaining
 
     def query(self, images: np.ndarray) -> Answer:
+        """Query the wrapped oracle; keep its labels and replace its probabilities by one-hots."""
         answer = self.oracle.query(images)
         probs = np.zeros_like(answer.probs, dtype=np.float32)
         ok = answer.labels >= 0

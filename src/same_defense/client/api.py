@@ -26,6 +26,8 @@ class SameClientError(RuntimeError):
 
 @dataclass(frozen=True)
 class Prediction:
+    """The service's answer to :meth:`SameClient.classify`, one row per image, in order."""
+
     probs: np.ndarray  # float32 [N, classes]
     labels: np.ndarray  # int64 [N]; -1 where the service refused to answer (reject policy)
 
@@ -67,12 +69,16 @@ class SameClient:
         backoff_s: float = 0.5,
         api_key: str | None = None,
     ) -> None:
-        """``api_key`` (default: the ``SAME_API_KEY`` environment variable) is sent as
+        """Talk to ``model`` on the Triton server or gateway at ``url`` (gRPC ``host:port``).
+
+        ``api_key`` (default: the ``SAME_API_KEY`` environment variable) is sent as
         ``authorization: Bearer <key>`` on every call; Triton itself ignores it.
+        ``timeout_s`` bounds each inference request.
 
         Transient failures (server unreachable or restarting, a crashed backend process
         being restarted) are retried ``retries`` times after ``backoff_s``, doubling each time.
-        Every call this client makes is a read or an inference, so repeating one is safe."""
+        Every call this client makes is a read or an inference, so repeating one is safe.
+        """
         self.url = url
         self.model = model
         self.timeout_s = timeout_s
@@ -93,6 +99,7 @@ class SameClient:
         self.close()
 
     def close(self) -> None:
+        """Close the gRPC connection."""
         self._client.close()
 
     def _call(self, fn, *args, **kwargs):
@@ -141,6 +148,7 @@ class SameClient:
 
     @property
     def max_batch_size(self) -> int | None:
+        """The most samples the model takes per request; None when its config sets no limit."""
         if self._input_shape is None:
             self._load_metadata()
         return self._max_batch
@@ -211,6 +219,11 @@ class SameClient:
         return report
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Poll every 0.5 s until the model is ready, e.g. right after starting the server.
+
+        Raises:
+            SameClientError: The model is still not ready after ``timeout_s`` seconds.
+        """
         deadline = time.monotonic() + timeout_s
         while True:
             try:

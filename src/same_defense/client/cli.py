@@ -99,6 +99,11 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``same-client`` with ``argv`` (default: the command line); return the exit status.
+
+    The status is 0 on success, 1 when ``health`` finds the model not ready, and 2 when the
+    client fails (the message goes to stderr).
+    """
     parser = argparse.ArgumentParser(
         prog="same-client",
         description=__doc__,

@@ -78,10 +78,12 @@ class AccountSettings:
         return min(1.0, queries * math.exp(-self.h))
 
     def to_dict(self) -> dict:
+        """The settings as a JSON-serialisable dict, the form the manifest stores."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict, **overrides: float) -> AccountSettings:
+        """Settings from ``data`` (unknown keys ignored), then ``overrides`` on top."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return replace(cls(**known), **overrides)
 
@@ -101,16 +103,19 @@ class AccountState:
     extra: dict = field(default_factory=dict)
 
     def is_suspected(self, now: float, settings: AccountSettings) -> bool:
+        """Whether an alarm is in force at ``now``: fired, not cleared and not yet expired."""
         if self.suspected_at_query <= 0:
             return False
         ttl = settings.suspicion_ttl_s
         return ttl == 0 or now - self.suspected_since < ttl
 
     def to_dict(self) -> dict:
+        """The state as a JSON-serialisable dict, the form the service stores."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> AccountState:
+        """The state stored as ``data`` (unknown keys ignored); a new account's when empty."""
         if not data:
             return cls()
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}

@@ -20,6 +20,12 @@ DEFAULT_ALPHA = 0.99
 
 @dataclass(frozen=True)
 class DefenseSettings:
+    """How the defense answers: flag threshold, SAME weight ``alpha``, policy and its knobs.
+
+    Raises ``ValueError`` for an unknown policy or a non-finite threshold, so a bad config
+    fails when the model loads rather than on the first query.
+    """
+
     threshold: float
     alpha: float = DEFAULT_ALPHA
     policy: str = DEFAULT_POLICY
@@ -38,6 +44,8 @@ class DefenseSettings:
 
 @dataclass(frozen=True)
 class Decision:
+    """The defense's answer to a batch: what the client receives and what stays on the server."""
+
     probs: np.ndarray  # float32 [N, C], what the client receives
     labels: np.ndarray  # int64 [N], what the client receives
     scores: np.ndarray  # float64 [N], stays on the server
@@ -54,8 +62,16 @@ def defend(
     settings: DefenseSettings,
     force: bool = False,
 ) -> Decision:
-    """Score each query and answer it; ``force`` answers every query with the policy (an
-    account under suspicion), whatever its own score."""
+    """Score each query and answer it with the settings' policy.
+
+    Args:
+        victim_logits: The victim's logits, ``[N, C]``.
+        recon_error: The reconstructor's error per query, ``[N]``.
+        shadow_logits: The shadow model's logits on the reconstructions, ``[N, C]``.
+        settings: Threshold, ``alpha``, policy and the account references.
+        force: Answer every query with the policy, whatever its own score (the caller's
+            account is under suspicion).
+    """
     scores = same_score(recon_error, victim_logits, shadow_logits, settings.alpha)
     true_probs = softmax(victim_logits)
     probs, labels = apply_policy(

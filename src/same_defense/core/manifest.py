@@ -22,6 +22,7 @@ class ManifestError(RuntimeError):
 
 
 def sha256_file(path: str) -> str:
+    """Hex SHA-256 of the file at ``path``, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -57,9 +57,10 @@ def _normalize(p: np.ndarray) -> np.ndarray:
 
 
 def reverse_sigmoid(probs: np.ndarray, beta: float, gamma: float) -> np.ndarray:
-    """ART's ReverseSigmoid: ``p' = normalize(clip(p - beta * (sigmoid(-gamma * L) - 0.5)))``
+    """ART's ReverseSigmoid perturbation of ``probs``, renormalised per row.
 
-    with ``L = log((1 - p) / p)``.
+    ``p' = normalize(clip(p - beta * (sigmoid(-gamma * L) - 0.5), 0, 1))`` with
+    ``L = log((1 - p) / p)``.
     """
     p = np.clip(probs.astype(np.float64), _EPS, 1.0 - _EPS)
     log_odds_against = np.log((1.0 - p) / p)
@@ -153,8 +154,10 @@ def max_softmax_gate(probs: np.ndarray, tau: float, nu: float) -> np.ndarray:
 def mix_misinformation(
     probs: np.ndarray, h: np.ndarray, target: np.ndarray | None = None
 ) -> np.ndarray:
-    """``(1 - h) p + h y_mis`` per row; ``y_mis`` defaults to :func:`misinformation_target`
-    of ``log(probs)``."""
+    """Mix each row with a misinformation answer: ``(1 - h) p + h y_mis``.
+
+    ``y_mis`` defaults to :func:`misinformation_target` of ``log(probs)``.
+    """
     p = np.asarray(probs, dtype=np.float64)
     if target is None:
         target = misinformation_target(np.log(np.maximum(p, np.finfo(np.float64).tiny)))
@@ -163,9 +166,11 @@ def mix_misinformation(
 
 
 def shifted_misinformation_target(probs: np.ndarray, shift: int = 1) -> np.ndarray:
-    """One-hot of ``(predicted class + shift) mod C``: a wrong answer that is *consistent*
-    across queries (every flagged "3" answered "4"), which a thief cannot average out as
-    label noise. Served with ``target: "shifted"`` in the defense config."""
+    """One-hot of ``(predicted class + shift) mod C``: a wrong answer, the same every time.
+
+    Being *consistent* across queries (every flagged "3" answered "4"), it cannot be averaged
+    out by a thief as label noise. Served with ``target: "shifted"`` in the defense config.
+    """
     p = np.asarray(probs, dtype=np.float64)
     out = np.zeros_like(p)
     out[np.arange(len(p)), (p.argmax(axis=1) + shift) % p.shape[1]] = 1.0

@@ -16,6 +16,8 @@ RANGE_TOLERANCE = 1e-5
 
 @dataclass(frozen=True)
 class InputProblem:
+    """A sample that fails the input checks: its index in the batch, and why, for the user."""
+
     index: int
     reason: str
 
