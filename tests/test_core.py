@@ -152,3 +152,31 @@ def test_input_problems_name_the_bad_samples():
     message = describe_problems(problems)
     assert "sample 1: 3 NaN/Inf" in message and "1/255" in message
     assert find_input_problems(np.array([[0, 0.0, 1.0]])) == []
+
+
+def test_defend_requests_checks_each_request_and_answers_the_rest_like_defend():
+    from same_defense.core import GraphArrays, InvalidInput, defend_requests
+
+    rng = np.random.default_rng(0)
+    settings = DefenseSettings(0.5, alpha=0.99, policy="misinformation")
+
+    def request(n: int, bad: bool = False) -> GraphArrays:
+        stats = np.tile([0.0, 0.0, 1.0], (n, 1))
+        if bad:
+            stats[-1] = [0.0, 0.0, 255.0]  # pixels not scaled to [0, 1]
+        return GraphArrays(
+            rng.normal(size=(n, 3)), rng.random((n, 1)) * 2, rng.normal(size=(n, 3)), stats
+        )
+
+    requests = [request(2), request(3, bad=True), request(4), request(1)]
+    forced = [False, False, True, False]
+    results = defend_requests(requests, settings, forced)
+    assert isinstance(results[1], InvalidInput) and "sample 2" in str(results[1])
+    for r, f, got in zip(requests, forced, results, strict=True):
+        if isinstance(got, InvalidInput):
+            continue
+        alone = defend(r.logits, r.recon_error, r.shadow_logits, settings, force=f)
+        np.testing.assert_array_equal(got.probs, alone.probs)
+        np.testing.assert_array_equal(got.labels, alone.labels)
+        np.testing.assert_array_equal(got.pvalues, alone.pvalues)
+    assert (results[2].labels != results[2].true_probs.argmax(axis=1)).all()  # forced

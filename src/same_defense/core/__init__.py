@@ -17,7 +17,17 @@ from .accounts import (
     score_pvalues,
     update_state,
 )
-from .decision import DEFAULT_ALPHA, DEFAULT_POLICY, Decision, DefenseSettings, defend
+from .decision import (
+    DEFAULT_ALPHA,
+    DEFAULT_POLICY,
+    Decision,
+    DefenseSettings,
+    GraphArrays,
+    InvalidInput,
+    check_inputs,
+    defend,
+    defend_requests,
+)
 from .manifest import (
     MANIFEST_NAME,
     ManifestError,
@@ -44,6 +54,10 @@ __all__ = [
     "POLICY_NAMES",
     "Decision",
     "DefenseSettings",
+    "GraphArrays",
+    "InvalidInput",
+    "check_inputs",
+    "defend_requests",
     "InputProblem",
     "ManifestError",
     "PolicyParams",

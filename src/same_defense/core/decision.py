@@ -1,6 +1,8 @@
-"""One call from the graphs' outputs to the answer: score, flag, respond, rank for accounts.
+"""One call from the graphs' outputs to the answer: check, score, flag, respond, rank.
 
-The Triton defense step and the in-process pipeline both call :func:`defend`.
+:func:`defend_requests` is the single entry the Triton defense step and the in-process
+pipeline call: it checks each request's inputs, then scores and answers the valid ones with
+:func:`defend` in one vectorised call per account state.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 from .accounts import score_pvalues
 from .policies import POLICY_NAMES, PolicyParams, apply_policy
 from .score import same_score, softmax
+from .validation import describe_problems, find_input_problems
 
 # Default served policy and SAME weight, defined once (the build and the configs use these).
 DEFAULT_POLICY = "misinformation"
@@ -54,6 +57,19 @@ class Decision:
     # float64 [N], class-conditional p-values for the account test; stays on the server
     pvalues: np.ndarray | None = None
 
+    def rows(self, start: int, end: int) -> Decision:
+        """The decision for queries ``start`` to ``end`` (one request of a batch)."""
+        pick = slice(start, end)
+        pvalues = None if self.pvalues is None else self.pvalues[pick]
+        return Decision(
+            self.probs[pick],
+            self.labels[pick],
+            self.scores[pick],
+            self.flagged[pick],
+            self.true_probs[pick],
+            pvalues,
+        )
+
 
 def defend(
     victim_logits: np.ndarray,
@@ -90,3 +106,67 @@ def defend(
         else np.ones(len(scores))
     )
     return Decision(probs, labels, scores, scores > settings.threshold, true_probs, pvalues)
+
+
+class InvalidInput(ValueError):
+    """A request's images break the input contract (NaN/Inf, pixels outside [0, 1])."""
+
+
+@dataclass(frozen=True)
+class GraphArrays:
+    """One request's graph outputs: what the defense step receives from the ensemble."""
+
+    logits: np.ndarray  # [N, C] victim logits
+    recon_error: np.ndarray  # [N, 1] reconstruction error
+    shadow_logits: np.ndarray  # [N, C] shadow logits on the reconstructions
+    input_stats: np.ndarray  # [N, 3] non-finite count, min, max per image
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+
+def check_inputs(input_stats: np.ndarray) -> None:
+    """Raise :class:`InvalidInput` naming the bad samples, if any."""
+    problems = find_input_problems(input_stats)
+    if problems:
+        raise InvalidInput(describe_problems(problems))
+
+
+def defend_requests(
+    requests: list[GraphArrays], settings: DefenseSettings, forced: list[bool]
+) -> list[Decision | InvalidInput]:
+    """Check every request, then answer the valid ones, one :func:`defend` call per state.
+
+    Args:
+        requests: The graph outputs of each request (dynamic batching hands over several).
+        settings: Threshold, ``alpha``, policy and the account references.
+        forced: Per request, whether its account is under suspicion (answered with the policy).
+
+    Returns:
+        Per request, in order, its :class:`Decision` or the :class:`InvalidInput` it raised.
+    """
+    results: list[Decision | InvalidInput | None] = [None] * len(requests)
+    groups: dict[bool, list[int]] = {False: [], True: []}
+    for i, request in enumerate(requests):
+        try:
+            check_inputs(request.input_stats)
+        except InvalidInput as exc:
+            results[i] = exc
+            continue
+        groups[bool(forced[i])].append(i)
+    for force, members in groups.items():
+        if not members:
+            continue
+        decision = defend(
+            np.concatenate([requests[i].logits for i in members]),
+            np.concatenate([requests[i].recon_error for i in members]),
+            np.concatenate([requests[i].shadow_logits for i in members]),
+            settings,
+            force=force,
+        )
+        start = 0
+        for i in members:
+            end = start + len(requests[i])
+            results[i] = decision.rows(start, end)
+            start = end
+    return results  # type: ignore[return-value]

@@ -18,12 +18,11 @@ from ..attacks.oracle import Answer, _Accounting
 from ..core import (
     AccountSettings,
     DefenseSettings,
+    check_inputs,
     defend,
-    describe_problems,
-    find_input_problems,
     reference_from_manifest,
 )
-from ..serving.inprocess import InProcessSame, InvalidInput
+from ..serving.inprocess import InProcessSame
 from .defenses import CachedGraphs
 
 GOAL_ATTACKS = ("knockoff-digits8x8", "knockoff-natural", "jbda")  # the >= 50-point goal
@@ -83,9 +82,7 @@ class AccountOracle(_Accounting):
         name = self.names[index]
         self.batches += 1
         out = self.graphs.run(images)
-        problems = find_input_problems(out.input_stats)
-        if problems:  # the served ensemble refuses these before any account bookkeeping
-            raise InvalidInput(describe_problems(problems))
+        check_inputs(out.input_stats)  # refused by the ensemble before any account bookkeeping
         hashes = sample_hashes(images)
 
         def answer(suspected: bool):

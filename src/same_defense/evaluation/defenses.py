@@ -32,9 +32,8 @@ from ..core import (
     DefenseSettings,
     PolicyParams,
     apply_policy,
+    check_inputs,
     defend,
-    describe_problems,
-    find_input_problems,
     softmax,
 )
 from ..core.policies import (
@@ -44,7 +43,7 @@ from ..core.policies import (
     shifted_misinformation_target,
 )
 from ..core.score import same_score
-from ..serving.inprocess import GraphOutputs, GraphRunner, InvalidInput
+from ..serving.inprocess import GraphOutputs, GraphRunner
 
 SAME_POLICIES = ("monitor", "reject", "top1", "reverse_sigmoid", "misinformation")
 DEFENSE_NAMES = (
@@ -247,7 +246,5 @@ class DefendedPipeline:
 
     def infer(self, images: np.ndarray) -> Decision:
         out = self.graphs.run(images)
-        problems = find_input_problems(out.input_stats)
-        if problems:  # refuse what the served ensemble refuses
-            raise InvalidInput(describe_problems(problems))
+        check_inputs(out.input_stats)  # refuse what the served ensemble refuses
         return self.defense.respond(out, self.client)
