@@ -131,7 +131,6 @@ def measured_run(
     gateway_before = cluster.requests_per_gateway()
     triton_before = [triton_requests(s.metrics_url) for s in cluster.servers]
     run = DistributedRun(settings, cluster.url, data_file, locust_keys, prefix).start()
-    locust_pids = run.pids()
     t0 = time.monotonic()
     extra = None
     worker = None
@@ -152,31 +151,33 @@ def measured_run(
         "wall_s": round(wall, 1),
         "locust": summary,
         "redis_commands": redis_commands(cluster.redis.url) - commands_before,
-        "requests_per_gateway": [
+    }
+    if during is None:  # counters and CPU totals hold only when no process was replaced
+        out["requests_per_gateway"] = [
             round(a - b)
             for a, b in zip(cluster.requests_per_gateway(), gateway_before, strict=True)
-        ],
-        "requests_per_triton": [
+        ]
+        out["requests_per_triton"] = [
             round(triton_requests(s.metrics_url) - b)
             for s, b in zip(cluster.servers, triton_before, strict=True)
-        ],
-    }
-    if during is None:  # CPU totals are meaningful only when no process was replaced
+        ]
         cpu_after = cpu_snapshot(components)
         out["cpu_s"] = {k: round(cpu_after[k] - cpu_before[k], 2) for k in components}
-        out["cpu_s"]["locust"] = round(cpu_seconds(locust_pids), 2) if locust_pids else None
-        out["cost"] = unit_costs(out, summary)
+        out["cost"] = unit_costs(out, summary, settings)
     if extra is not None:
         out["faults"] = extra
     return out
 
 
-def unit_costs(run: dict, summary: dict) -> dict:
+def unit_costs(run: dict, summary: dict, settings: LoadSettings) -> dict:
     """CPU per image (Triton) and per request (gateway, nginx), Redis commands per request:
-    the figures a deployment is sized from."""
+    the figures a deployment is sized from (CPU of every process of the component over the
+    whole run, idle moments included, so slightly pessimistic)."""
     requests = (summary.get("all") or {}).get("requests") or 0
-    seconds = run["wall_s"]
-    images = summary["images_per_s"] * seconds
+    images = sum(
+        (summary.get(name) or {}).get("requests", 0) * size
+        for name, size in images_per_request(settings).items()
+    )
     cpu = run["cpu_s"]
     out = {"requests": requests, "images": round(images)}
     if images:
