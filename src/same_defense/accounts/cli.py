@@ -40,7 +40,50 @@ def _row(name: str, state) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _add(args: argparse.Namespace, keys: KeyStore) -> None:
+    print(keys.add(args.account))
+    print(f"key for {args.account!r} written (hashed) to {args.keys}", file=sys.stderr)
+
+
+def _revoke(args: argparse.Namespace, keys: KeyStore) -> None:
+    keys.revoke(args.account)
+    print(f"revoked {args.account!r}")
+
+
+def _list(args: argparse.Namespace, keys: KeyStore) -> None:
+    for name, entry in keys.list().items():
+        print(f"{name:24s} {'revoked' if entry['revoked'] else 'active'}")
+
+
+def _suspected(args: argparse.Namespace, keys: KeyStore) -> None:
+    for name, state in _service(args).suspected():
+        print(_row(name, state))
+
+
+def _show(args: argparse.Namespace, keys: KeyStore) -> None:
+    print(json.dumps(_service(args).store.get(args.account).to_dict(), indent=2))
+
+
+def _clear(args: argparse.Namespace, keys: KeyStore) -> None:
+    state = _service(args).clear(args.account)
+    print(f"cleared {args.account!r} (cleared {state.cleared} time(s) so far)")
+
+
+# Subcommand -> handler; every handler gets the parsed arguments and the key file (the state
+# commands ignore the latter). Insertion order is the order of the subcommands in --help.
+COMMANDS = {
+    "add": _add,
+    "revoke": _revoke,
+    "show": _show,
+    "clear": _clear,
+    "list": _list,
+    "suspected": _suspected,
+}
+# The subcommands that name one account.
+ACCOUNT_COMMANDS = ("add", "revoke", "show", "clear")
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="same-accounts",
         description=__doc__,
@@ -50,30 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="shared state store")
     p.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="account settings")
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("add", "revoke", "show", "clear"):
-        sub.add_parser(name).add_argument("account")
-    sub.add_parser("list")
-    sub.add_parser("suspected")
-    args = p.parse_args(argv)
+    for name in COMMANDS:
+        command = sub.add_parser(name)
+        if name in ACCOUNT_COMMANDS:
+            command.add_argument("account")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     keys = KeyStore(args.keys)
     try:
-        if args.command == "add":
-            print(keys.add(args.account))
-            print(f"key for {args.account!r} written (hashed) to {args.keys}", file=sys.stderr)
-        elif args.command == "revoke":
-            keys.revoke(args.account)
-            print(f"revoked {args.account!r}")
-        elif args.command == "list":
-            for name, entry in keys.list().items():
-                print(f"{name:24s} {'revoked' if entry['revoked'] else 'active'}")
-        elif args.command == "suspected":
-            for name, state in _service(args).suspected():
-                print(_row(name, state))
-        elif args.command == "show":
-            print(json.dumps(_service(args).store.get(args.account).to_dict(), indent=2))
-        elif args.command == "clear":
-            state = _service(args).clear(args.account)
-            print(f"cleared {args.account!r} (cleared {state.cleared} time(s) so far)")
+        COMMANDS[args.command](args, keys)
     except (KeyStoreError, StoreUnavailable) as exc:
         print(f"same-accounts: error: {exc}", file=sys.stderr)
         return 1
