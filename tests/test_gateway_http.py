@@ -31,14 +31,10 @@ from same_defense.gateway.accounting import Authenticator, Throttle
 from same_defense.gateway.deployment import ProtectedService
 from same_defense.gateway.options import AccountOptions, read_manifest_file
 from same_defense.gateway.proxy import MAX_MESSAGE_BYTES, GatewayPolicy, GatewayServer
-from same_defense.gateway.rest import (
-    HEADER_LENGTH,
-    OutputPlan,
-    RestError,
-    infer_request,
-    infer_response,
-    route,
-)
+from same_defense.gateway.rest_codec import OutputPlan, infer_request, infer_response
+from same_defense.gateway.rest_errors import RestError
+from same_defense.gateway.rest_routes import route
+from same_defense.gateway.rest_tensors import HEADER_LENGTH
 from same_defense.serving.embedded import free_port
 
 from .servers import PROJECT_ROOT, protected_service

@@ -5,7 +5,7 @@ its restricted-protocol option gates whole API categories, not single models. Th
 forwards only health, server metadata and the model calls that name ``same``; everything else
 (the raw ``victim``, the ``reconstructor``, repository control, shared memory, statistics) is
 refused (gRPC PERMISSION_DENIED, HTTP 403) before it reaches Triton. Both front ends go
-through one implementation of the rules, :class:`~.proxy.GatewayCore`.
+through one implementation of the rules, :class:`~.rules.GatewayCore`.
 """
 
 from .proxy import GatewayServer
