@@ -440,12 +440,12 @@ def test_shadow_architecture_auto():
     assert choose_shadow_architecture("cnn3", "provided", (3, 32, 32)) == "cnn3"
 
 
-def test_build_warns_loudly_when_the_provided_model_is_near_chance(data_root, tmp_path, capsys):
+def test_build_warns_loudly_when_the_provided_model_is_near_chance(data_root, tmp_path, caplog):
     # A good model with its own class numbering: every check passes, only the accuracy tells.
     shifted = export_provider_onnx(train_provider_net(label_shift=1), tmp_path / "shifted.onnx")
     with pytest.warns(UserWarning, match="near chance.*class order"):
         _build_onnx(tmp_path, data_root, shifted, *PREPROCESSING_ARGS, "--shadow-arch", "cnn3")
-    assert "WARNING: victim test accuracy" in capsys.readouterr().err
+    assert "WARNING: victim test accuracy" in caplog.text  # the logged banner
     assert _manifest(tmp_path / "model_repository")["victim_test_accuracy"] < 0.2
 
 

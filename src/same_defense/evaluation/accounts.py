@@ -274,12 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     report = evaluate(config)
     out = Path(config.out_dir)
-    print(
-        f"wrote {out / 'accounts.json'}, accounts.md and accounts_clone_vs_accounts.png "
-        f"in {report['timings']['total_s']:.0f}s"
+    log.info(
+        "wrote %s, accounts.md and accounts_clone_vs_accounts.png in %.0fs",
+        out / "accounts.json",
+        report["timings"]["total_s"],
     )
     for g in report["goals"]:
-        print(f"  {'MET ' if g['met'] else 'MISS'} {g['goal']}: {g['measured']}")
+        log.info("  %s %s: %s", "MET " if g["met"] else "MISS", g["goal"], g["measured"])
     return 0
 
 

@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     for recipe, table in report["recipes"].items():
         for name, row in table.items():
-            print(f"{recipe:18s} {name:10s} " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()))
-    print(f"wrote {args.output}")
+            figures = "  ".join(f"{k} {v:.4f}" for k, v in row.items())
+            log.info("%-18s %-10s %s", recipe, name, figures)
+    log.info("wrote %s", args.output)
     return 0
 
 

@@ -6,7 +6,7 @@ victim's answers: a wrong preprocessing shows up here as an error or a near-chan
 
 from __future__ import annotations
 
-import sys
+import logging
 import warnings
 from pathlib import Path
 
@@ -14,6 +14,8 @@ import numpy as np
 
 from .onnx_export import session
 from .victim_spec import IMAGE, LOGITS
+
+log = logging.getLogger("same.build")
 
 
 def onnx_logits(path: Path, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -117,10 +119,10 @@ def chance_warning(accuracy: float, num_classes: int, kind: str = "onnx") -> str
 
 
 def warn_if_near_chance(accuracy: float, num_classes: int, kind: str = "onnx") -> str | None:
-    """Print :func:`chance_warning` in a banner (and as a Python warning) if there is one."""
+    """Log :func:`chance_warning` in a banner (and raise it as a Python warning) if any."""
     message = chance_warning(accuracy, num_classes, kind)
     if message:
         banner = "!" * 78
-        print(f"{banner}\nWARNING: {message}\n{banner}", file=sys.stderr, flush=True)
+        log.warning("%s\nWARNING: %s\n%s", banner, message, banner)
         warnings.warn(message, stacklevel=2)
     return message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import logging
 import shutil
 import signal
 import sys
@@ -21,6 +22,8 @@ from ..export.repository import (
     refresh_defense_code,
     write_configs,
 )
+
+log = logging.getLogger("same.load")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 LOCUSTFILE = PROJECT_ROOT / "loadtest" / "locustfile.py"
@@ -53,7 +56,7 @@ def ensure_repository(repository: Path) -> dict:
     if not manifest_path.exists():
         from ..export.build import main as build_main
 
-        print(f"== {manifest_path} is missing: building the repository", flush=True)
+        log.warning("== %s is missing: building the repository", manifest_path)
         build_main(["--repository", str(repository)])
     elif not _defense_code_is_current(repository):
         refresh_defense_code(repository)
