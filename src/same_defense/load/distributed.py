@@ -125,9 +125,6 @@ class DistributedRun:
             for log in self._logs:
                 log.close()
 
-    def pids(self) -> list[int]:
-        return [p.pid for p in (self.master, *self.workers) if p.poll() is None]
-
     def stats(self) -> dict[str, dict]:
         path = Path(f"{self.prefix}_stats.csv")
         return read_locust_stats(path) if path.exists() else {}
