@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install system-deps repository demo serve test test-unit lint clean loadtest bench evaluate soak cluster deploy docs
+.PHONY: help install system-deps repository demo serve test test-unit lint clean loadtest bench evaluate soak cluster deploy docs variants gpu-check
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # List the targets with the first line of the comment above each.
@@ -64,6 +64,18 @@ soak: $(STAMP)
 # `victim` and the same graphs in-process; reports/bench.json. BENCH_ARGS="..." as above.
 bench: $(STAMP)
 	$(PY) -m same_defense.load.bench $(BENCH_ARGS)
+
+# Reconstructor variants, CPU cost and per-query AUROC: reports/variants.{json,md}.
+# Candidates: onnxruntime optimisations, int8, smaller MAE presets; one table. Builds the
+# missing presets first (about 3 minutes each on 2 cores). VARIANTS_ARGS="..." as above.
+variants: $(STAMP)
+	$(PY) -m same_defense.load.variants --build $(VARIANTS_ARGS)
+
+# The GPU path end to end on an NVIDIA machine: reports/gpu.json (untested here: no GPU).
+# Needs `pip install -e ".[gpu]"` and a CUDA build of torch 2.13.0. Paper preset trained with --device cuda, CUDA/CPU parity, `make bench` on KIND_GPU, a short
+# `make evaluate`; reports/gpu.json. Stops with the reason where there is no CUDA.
+gpu-check: $(STAMP)
+	$(PY) -m same_defense.load.gpu_check $(GPU_CHECK_ARGS)
 
 # Attacks x defenses, account-level and shadow-recipe evaluations: reports/evaluation.* etc.
 # Every extraction attack (4,000 queries each) against every defense, probabilities and labels

@@ -34,13 +34,21 @@ from ..models import (
 from ..serving.inprocess import GraphRunner
 from ..train import (
     SHADOW_RECIPES,
+    DeviceUnavailable,
     TrainConfig,
+    resolve_device,
     train_classifier,
     train_mae,
     train_shadow,
 )
 from .calibration import calibrate
-from .onnx_export import RECONSTRUCTOR_IO, export_onnx, max_abs_difference
+from .onnx_export import (
+    RECONSTRUCTOR_IO,
+    RECONSTRUCTOR_VARIANTS,
+    export_onnx,
+    max_abs_difference,
+    reconstructor_variant,
+)
 from .repository import ONNX_FILES, ServingSettings, refresh_defense_code, write_repository
 from .victim_import import (
     PreparedVictim,
@@ -60,6 +68,7 @@ from .victim_import import (
 
 # Epochs per preset: (victim, MAE, shadow).
 EPOCHS = {"cpu": (12, 40, 12), "cifar-cpu": (15, 60, 10), "paper": (30, 500, 30), "tiny": (1, 1, 1)}
+EPOCHS |= {name: EPOCHS["cpu"] for name in ("cpu-p7", "cpu-p7-lite", "cpu-lite")}
 ONNX_TOLERANCE = 1e-3
 
 
@@ -114,6 +123,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     p.add_argument("--report", type=Path, default=Path("reports/build.json"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--device", default="cpu", help="where to train: cpu, cuda or cuda:N (an error if absent)"
+    )
+    p.add_argument(
+        "--reconstructor-variant",
+        choices=RECONSTRUCTOR_VARIANTS,
+        default="float32",
+        help="the reconstructor graph served: the exported float32 one or an onnxruntime "
+        "transformation of it (README, Performance; `make variants` measures them)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--recalibrate",
@@ -125,6 +144,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     problem = victim_arguments_problem(args)
     if problem:
         p.error(problem)
+    if not args.recalibrate:
+        try:
+            resolve_device(args.device)
+        except DeviceUnavailable as exc:
+            p.error(str(exc))
     return args
 
 
@@ -150,7 +174,9 @@ def victim_stage(
         if options.checkpoint:
             load_state_dict(model, options.checkpoint)
         else:
-            cfg = TrainConfig(epochs=epochs, seed=args.seed, progress=not args.quiet)
+            cfg = TrainConfig(
+                epochs=epochs, seed=args.seed, progress=not args.quiet, device=args.device
+            )
             train_classifier(model, train.images, train.labels, cfg)
         torch.save(model.eval().state_dict(), args.artifacts / "victim.pt")
         _, diff = export_torch_victim(model, example, check, out, ONNX_TOLERANCE)
@@ -206,6 +232,7 @@ def build(args: argparse.Namespace) -> BuildReport:
             seed=args.seed,
             progress=progress,
             augment_shift=1,
+            device=args.device,
         )
         if args.mae_checkpoint:
             mae.load_state_dict(torch.load(args.mae_checkpoint, weights_only=True))
@@ -220,10 +247,16 @@ def build(args: argparse.Namespace) -> BuildReport:
         print(f"   shadow architecture {shadow_arch}")
         shadow = build_classifier(shadow_arch, shape, classes)
         if args.shadow_recipe == "authors":  # SGD wants a larger step than Adam
-            cfg = TrainConfig(epochs=shadow_epochs, lr=0.01, seed=args.seed, progress=progress)
+            cfg = TrainConfig(
+                epochs=shadow_epochs, lr=0.01, seed=args.seed, progress=progress, device=args.device
+            )
         else:
             cfg = TrainConfig(
-                epochs=shadow_epochs, seed=args.seed, progress=progress, augment_shift=0
+                epochs=shadow_epochs,
+                seed=args.seed,
+                progress=progress,
+                augment_shift=0,
+                device=args.device,
             )
         train_shadow(shadow, mae, train.images, victim_probs, cfg, args.shadow_recipe, train.labels)
         torch.save(shadow.state_dict(), args.artifacts / "shadow.pt")
@@ -242,6 +275,14 @@ def build(args: argparse.Namespace) -> BuildReport:
             print(f"   {name}: ONNX vs PyTorch max |diff| = {diff:.2e}")
             if diff > ONNX_TOLERANCE:
                 raise RuntimeError(f"{name} ONNX differs from PyTorch by {diff} > {ONNX_TOLERANCE}")
+        if args.reconstructor_variant != "float32":  # checked above as float32; int8 differs
+            recon_onnx = reconstructor_variant(
+                recon_onnx,
+                args.reconstructor_variant,
+                args.artifacts / f"reconstructor-{args.reconstructor_variant}.onnx",
+                splits.calibration.images[:256],
+            )
+            print(f"   serving the {args.reconstructor_variant} reconstructor graph")
 
     with report.stage("calibrate"):
         calibration = calibrate(
@@ -279,6 +320,7 @@ def build(args: argparse.Namespace) -> BuildReport:
             "victim_source": victim.source,
             "shadow_architecture": shadow_arch,
             "shadow_recipe": args.shadow_recipe,
+            "reconstructor_variant": args.reconstructor_variant,
             "victim_test_accuracy": report.figures["victim_test_accuracy"],
             "seed": args.seed,
         }

@@ -32,6 +32,7 @@ ONNX_FILES = {"victim": "victim/1/model.onnx", "reconstructor": "reconstructor/1
 # A provider's own ONNX victim, kept verbatim beside the served wrapper (victim/1/model.onnx
 # adds its preprocessing). Triton loads only version folders, so this file is not served.
 PROVIDED_VICTIM_FILE = "victim/provided.onnx"
+INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU")
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,18 @@ class ServingSettings:
     # reconstructor instances (otherwise one takes up to 256 images and the other idles) and
     # keeps batches where onnxruntime is most efficient per image.
     onnx_preferred_batch_sizes: tuple[int, ...] = (64,)
+    # Where the two ONNX models run: KIND_CPU, or KIND_GPU (onnxruntime's CUDA provider, in
+    # the native backend and in the embedded server's Python-based one; README, GPU path).
+    # The defense step is a few numpy operations per image and stays on the CPU.
+    instance_kind: str = "KIND_CPU"
 
     def __post_init__(self) -> None:
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        if self.instance_kind not in INSTANCE_KINDS:
+            raise ValueError(
+                f"instance_kind {self.instance_kind!r}: expected one of {', '.join(INSTANCE_KINDS)}"
+            )
 
 
 def _dims(shape: tuple[int, ...]) -> str:
@@ -99,7 +108,7 @@ output [
 instance_group [
   {{
     count: {instances}
-    kind: KIND_CPU
+    kind: {s.instance_kind}
   }}
 ]
 dynamic_batching {{

@@ -12,6 +12,10 @@ Targets:
 - ``inprocess_same`` / ``inprocess_victim``: the same ONNX graphs (and, for ``same``, the same
   defense code) in onnxruntime in this process, no server: the compute floor.
 
+Then, unless ``--no-resnet18``, ``same`` and ``victim`` again with a ResNet-18 victim (and
+shadow) built with one epoch each (timing only: its accuracy is not the point), reported
+under ``resnet18``: the same/victim ratio when the victim is a realistic network.
+
 For each (batch, concurrency) the four targets run back to back, so the ratios compare
 figures taken under the same background load (this machine is shared). Results go to
 ``reports/bench.json``; the table is printed.
@@ -23,6 +27,8 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -53,6 +59,7 @@ TARGETS = SERVED + GATEWAY + IN_PROCESS
 # A worker is (call, close): call(batch) sends one request and waits for its answer.
 MAX_ERRORS_IN_A_ROW = 20
 Worker = tuple[Callable[[np.ndarray], object], Callable[[], None]]
+RESNET18_REPOSITORY = Path("artifacts/bench-resnet18/model_repository")
 
 
 def closed_loop(
@@ -279,6 +286,7 @@ def derive(
     # and the account layer's (account defense on vs off, both through a gateway).
     added_ms: dict = {}
     for label, (num, den) in {
+        "gateway_total": ("gateway_same", "same"),  # everything the public endpoint adds
         "gateway": ("gateway_same_keys_only", "same"),
         "account_layer": ("gateway_same", "gateway_same_keys_only"),
     }.items():
@@ -406,10 +414,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "changed (repeatable), e.g. --set reconstructor_instances=2",
     )  # fmt: skip
     p.add_argument("--log-file", type=Path, default=Path("logs/bench-tritonserver.log"))
+    p.add_argument("--no-resnet18", dest="resnet18", action="store_false")
+    p.add_argument(
+        "--resnet18-repository", type=Path, default=RESNET18_REPOSITORY,
+        help="the ResNet-18 build (made here with one epoch per stage if missing)",
+    )  # fmt: skip
+    p.add_argument("--resnet18-concurrency", type=int, nargs="+", default=[4, 16])
     return p.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> dict:
+def resnet18_pass(args: argparse.Namespace) -> dict:
+    """``same`` and ``victim`` served from a ResNet-18 build, on the same batch sizes."""
+    if not (args.resnet18_repository / "defense" / "1" / "same_calibration.json").exists():
+        out = args.resnet18_repository.parent
+        # One epoch on 1,000 images: a timing build (victim accuracy is near chance).
+        cmd = [
+            sys.executable, "-m", "same_defense.export.build", "--victim-arch", "resnet18",
+            "--max-train", "1000", "--victim-epochs", "1", "--mae-epochs", "1",
+            "--shadow-epochs", "1", "--repository", str(args.resnet18_repository),
+            "--artifacts", str(out / "artifacts"), "--report", str(out / "build.json"), "--quiet",
+        ]  # fmt: skip
+        print(f"== building the ResNet-18 timing repository: {' '.join(cmd)}", flush=True)
+        subprocess.run(cmd, check=True)
+    sub = argparse.Namespace(
+        **{**vars(args), "repository": args.resnet18_repository, "targets": list(SERVED),
+           "concurrency": args.resnet18_concurrency, "overrides": [], "url": None},
+    )  # fmt: skip
+    report = run(sub, account_layer=False)
+    keep = ("config", "failed_requests", "results", "ratios", "saturation", "goals")
+    return {"victim_architecture": "resnet18", "timing_build": True} | {k: report[k] for k in keep}
+
+
+def run(args: argparse.Namespace, account_layer: bool = True) -> dict:
     manifest = ensure_repository(args.repository)
     images = benign_images(manifest)
     served = [t for t in args.targets if t in SERVED + GATEWAY]
@@ -486,9 +522,10 @@ def run(args: argparse.Namespace) -> dict:
             shutil.rmtree(repository.parent, ignore_errors=True)
     # With --url the server is not our child: its CPU time is unknown.
     derived = derive(results, args.batch_sizes, args.concurrency, server_cpu=bool(server_pids))
-    derived["account_layer_us"] = measure_account_layer(
-        args.batch_sizes, tuple(manifest["input_shape"])
-    )
+    if account_layer:
+        derived["account_layer_us"] = measure_account_layer(
+            args.batch_sizes, tuple(manifest["input_shape"])
+        )
     return {
         "config": {
             "batch_sizes": args.batch_sizes,
@@ -538,10 +575,15 @@ def measure_account_layer(batch_sizes: list[int], shape: tuple[int, ...]) -> dic
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report = run(args)
+    if args.resnet18 and not args.url:
+        report["resnet18"] = resnet18_pass(args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report["results"]))
-    print(json.dumps({"saturation": report["saturation"], "goals": report["goals"]}, indent=2))
+    summary = {k: report[k] for k in ("saturation", "goals", "added_latency_ms") if k in report}
+    if "resnet18" in report:
+        summary["resnet18"] = {k: report["resnet18"][k] for k in ("saturation", "goals")}
+    print(json.dumps(summary, indent=2))
     print(f"== wrote {args.output}")
     return 0
 

@@ -46,6 +46,14 @@ MAE_PRESETS = {
     # The CIFAR-10 setting on CPU: the cpu MAE (patch 4: 64 patches at 32x32) with more
     # epochs for the harder data (see EPOCHS in export/build.py); the paper preset is GPU-sized.
     "cifar-cpu": MaeConfig(),
+    # Cheaper scoring on CPU (issue 10; `make variants` measures cost and AUROC of each).
+    # Patch 7: 16 tokens at 28x28 instead of 49, so attention and MLPs do about a third of
+    # the work; same widths and depths as cpu.
+    "cpu-p7": MaeConfig(patch=7),
+    # Patch 7, and a narrower, shallower ViT (2 + 1 blocks of width 64).
+    "cpu-p7-lite": MaeConfig(patch=7, embed=64, depth=2, decoder_depth=1),
+    # Patch 4 as cpu (49 tokens), but 2 + 1 blocks of width 64.
+    "cpu-lite": MaeConfig(embed=64, depth=2, decoder_depth=1),
     # For tests: trains in seconds.
     "tiny": MaeConfig(
         patch=7, embed=32, depth=1, heads=2, decoder_embed=32, decoder_depth=1, decoder_heads=2

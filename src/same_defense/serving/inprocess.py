@@ -23,18 +23,43 @@ class GraphOutputs:
     input_stats: np.ndarray  # [N, 3]
 
 
+def providers_for(device: str) -> list:
+    """onnxruntime providers for ``device`` ("cpu", "cuda" or "cuda:N"); a ValueError with
+    the reason when CUDA is asked for and this onnxruntime cannot offer it."""
+    kind, _, index = device.partition(":")
+    if kind == "cpu" and not index:
+        return ["CPUExecutionProvider"]
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"device {device!r}: expected cpu, cuda or cuda:N")
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise ValueError(
+            f"device {device!r}: onnxruntime {ort.__version__} offers only {available}; "
+            "install onnxruntime-gpu (pip install 'same-defense[gpu]', README: GPU path)"
+        )
+    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+
+
+def open_session(path: Path, options: ort.SessionOptions, device: str) -> ort.InferenceSession:
+    providers = providers_for(device)
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    # onnxruntime drops a provider it cannot start with only a log line: refuse that.
+    if len(providers) > 1 and "CUDAExecutionProvider" not in session.get_providers():
+        raise RuntimeError(f"{path}: CUDAExecutionProvider failed to start on {device}")
+    return session
+
+
 class GraphRunner:
     """Runs the victim and reconstructor ONNX graphs on batches of images."""
 
-    def __init__(self, victim_onnx: Path, reconstructor_onnx: Path, threads: int = 0) -> None:
+    def __init__(
+        self, victim_onnx: Path, reconstructor_onnx: Path, threads: int = 0, device: str = "cpu"
+    ) -> None:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        providers = ["CPUExecutionProvider"]
-        self.victim = ort.InferenceSession(str(victim_onnx), options, providers=providers)
-        self.reconstructor = ort.InferenceSession(
-            str(reconstructor_onnx), options, providers=providers
-        )
+        self.victim = open_session(victim_onnx, options, device)
+        self.reconstructor = open_session(reconstructor_onnx, options, device)
 
     def run(self, images: np.ndarray, batch_size: int = 256) -> GraphOutputs:
         parts: list[list[np.ndarray]] = [[], [], [], []]

@@ -23,6 +23,10 @@ class TrainConfig:
     seed: int = 0
     augment_shift: int = 2  # random translation in pixels; 0 disables
     progress: bool = True
+    # Where the optimisation runs (checked by train.device.resolve_device). Batches are drawn
+    # and shifted on the CPU, then moved; the trained model is returned on the CPU, where
+    # export and prediction expect it.
+    device: str = "cpu"
 
 
 def _batches(n: int, batch_size: int, rng: np.random.Generator):
@@ -86,6 +90,8 @@ def train_classifier(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
+    device = torch.device(config.device)
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(images) / config.batch_size)
     bar = tqdm(total=steps, desc=f"train {desc}", disable=not config.progress, unit="step")
@@ -95,12 +101,12 @@ def train_classifier(
         for index in _batches(len(images), config.batch_size, rng):
             _cosine_lr(optimizer, config.lr, step, steps, warmup=0)
             x = random_shift(torch.from_numpy(images[index]), config.augment_shift, gen)
-            logits = model(x)
+            logits = model(x.to(device))
             if soft_targets is not None:
-                target = torch.from_numpy(soft_targets[index])
+                target = torch.from_numpy(soft_targets[index]).to(device)
                 loss = F.kl_div(F.log_softmax(logits, 1), target, reduction="batchmean")
             else:
-                loss = F.cross_entropy(logits, torch.from_numpy(labels[index]))
+                loss = F.cross_entropy(logits, torch.from_numpy(labels[index]).to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -108,7 +114,7 @@ def train_classifier(
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.4f}")
     bar.close()
-    model.eval()
+    model.to("cpu").eval()
     return model
 
 
@@ -119,6 +125,8 @@ def train_mae(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
+    device = torch.device(config.device)
+    mae.to(device)
     optimizer = torch.optim.AdamW(
         mae.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay
     )
@@ -132,6 +140,7 @@ def train_mae(
         for index in _batches(len(images), config.batch_size, rng):
             _cosine_lr(optimizer, config.lr, step, steps, warmup=warmup_epochs * per_epoch)
             x = random_shift(torch.from_numpy(images[index]), config.augment_shift, gen)
+            x = x.to(device)
             recon = mae.forward_masked(x)
             loss = F.mse_loss(recon, x) / max(ratio, 1e-6)
             optimizer.zero_grad()
@@ -141,7 +150,7 @@ def train_mae(
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.4f}")
     bar.close()
-    mae.eval()
+    mae.to("cpu").eval()
     return mae
 
 
@@ -170,7 +179,9 @@ def train_shadow(
         raise ValueError(f"shadow recipe must be one of {SHADOW_RECIPES}, got {recipe!r}")
     if recipe == "authors" and labels is None:
         raise ValueError("the authors' shadow recipe trains on true labels: pass labels")
-    mae.eval()
+    device = torch.device(config.device)
+    mae.to(device).eval()
+    shadow.to(device)
     torch.manual_seed(config.seed + 1)
     rng = np.random.default_rng(config.seed + 1)
     gen = torch.Generator().manual_seed(config.seed + 1)
@@ -188,15 +199,18 @@ def train_shadow(
             x = torch.from_numpy(images[index])
             with torch.no_grad():
                 if recipe == "authors":
-                    recon = mae.forward_masked(random_shift(x, config.augment_shift, gen))
+                    shifted = random_shift(x, config.augment_shift, gen).to(device)
+                    recon = mae.forward_masked(shifted)
                 else:
                     # Half masked (as the authors), half full reconstructions (as scored).
+                    x = x.to(device)
                     recon = torch.cat([mae.forward_masked(x[::2]), mae.reconstruct(x[1::2])])
                     target = torch.from_numpy(
                         np.concatenate([victim_probs[index][::2], victim_probs[index][1::2]])
-                    )
+                    ).to(device)
             if recipe == "authors":
-                loss = F.cross_entropy(shadow(recon), torch.from_numpy(labels[index]))
+                target = torch.from_numpy(labels[index]).to(device)
+                loss = F.cross_entropy(shadow(recon), target)
             else:
                 loss = F.kl_div(F.log_softmax(shadow(recon), 1), target, reduction="batchmean")
             optimizer.zero_grad()
@@ -206,5 +220,6 @@ def train_shadow(
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.4f}")
     bar.close()
-    shadow.eval()
+    mae.to("cpu")
+    shadow.to("cpu").eval()
     return shadow

@@ -8,7 +8,9 @@ unchanged here and in the NGC container (which uses its native backend instead).
 It honours ``default_model_filename`` and the ``intra_op_thread_count`` /
 ``inter_op_thread_count`` parameters of the native backend, runs all requests that dynamic
 batching hands over as one onnxruntime call, and refuses to load a graph whose inputs or
-outputs do not match the config.
+outputs do not match the config. An instance of kind KIND_GPU runs on onnxruntime's
+CUDAExecutionProvider on the instance's GPU (the ``gpu`` extra installs onnxruntime-gpu); if
+CUDA is not available the model fails to load with the reason, it never falls back to the CPU.
 """
 
 import json
@@ -16,7 +18,29 @@ import os
 
 import numpy as np
 import onnxruntime as ort
-import triton_python_backend_utils as pb_utils
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # imported outside Triton: only execution_providers() is usable
+    pb_utils = None
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def execution_providers(kind, device_id, available):
+    """onnxruntime providers for a Triton instance of ``kind`` ("GPU"/"CPU", as Triton passes
+    ``model_instance_kind``); raises ValueError with the reason when a GPU instance cannot
+    have CUDA. CPU stays listed after CUDA for the few operators CUDA does not implement."""
+    if kind not in ("GPU", "KIND_GPU"):
+        return [CPU]
+    if CUDA not in available:
+        raise ValueError(
+            f"instance kind GPU needs onnxruntime's {CUDA}, but onnxruntime {ort.__version__} "
+            f"offers only {list(available)}: install onnxruntime-gpu (pip install "
+            "'same-defense[gpu]', README: GPU path) or serve with instance_kind=KIND_CPU"
+        )
+    return [(CUDA, {"device_id": int(device_id)}), CPU]
 
 
 class TritonPythonModel:
@@ -30,12 +54,26 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_thread_count", "0"))
         options.inter_op_num_threads = int(params.get("inter_op_thread_count", "0"))
+        kind = args.get("model_instance_kind", "CPU")
         try:
-            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            providers = execution_providers(
+                kind, args.get("model_instance_device_id", "0"), ort.get_available_providers()
+            )
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(f"{config['name']}: {exc}") from exc
+        try:
+            self.session = ort.InferenceSession(path, options, providers=providers)
         except Exception as exc:  # a broken or truncated file: say which and why
             raise pb_utils.TritonModelException(
                 f"{config['name']}: cannot load {path}: {exc}"
             ) from exc
+        # onnxruntime drops a provider it cannot start (no driver, missing CUDA libraries)
+        # with only a log line; a GPU instance silently running on the CPU is refused here.
+        if providers[0] != CPU and CUDA not in self.session.get_providers():
+            raise pb_utils.TritonModelException(
+                f"{config['name']}: {CUDA} failed to start on GPU "
+                f"{args.get('model_instance_device_id')} (onnxruntime's log says why)"
+            )
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
         graph_inputs = {i.name for i in self.session.get_inputs()}

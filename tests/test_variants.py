@@ -1,0 +1,108 @@
+"""`make variants`: the reconstructor variants, the choice of default and the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from same_defense.data import make_query_set
+from same_defense.export.onnx_export import (
+    RECONSTRUCTOR_IO,
+    RECONSTRUCTOR_VARIANTS,
+    export_onnx,
+    reconstructor_variant,
+)
+from same_defense.load import variants
+from same_defense.models import MAE_PRESETS, MaskedAutoencoder, ReconstructorGraph, build_classifier
+
+
+@pytest.fixture(scope="module")
+def float_graph(tmp_path_factory):
+    torch.manual_seed(0)
+    mae = MaskedAutoencoder((1, 28, 28), MAE_PRESETS["tiny"]).eval()
+    shadow = build_classifier("cnn3", (1, 28, 28), 10).eval()
+    x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
+    path = tmp_path_factory.mktemp("graphs") / "reconstructor.onnx"
+    return export_onnx(ReconstructorGraph(mae, shadow), x, path, RECONSTRUCTOR_IO)
+
+
+def _run(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"IMAGE": x}
+    )
+
+
+@pytest.mark.parametrize("variant", RECONSTRUCTOR_VARIANTS)
+def test_every_variant_keeps_the_served_interface(float_graph, tmp_path, variant):
+    x = np.random.default_rng(1).random((64, 1, 28, 28), dtype=np.float32)
+    path = reconstructor_variant(float_graph, variant, tmp_path / f"{variant}.onnx", x)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == RECONSTRUCTOR_IO[0]
+    assert [o.name for o in session.get_outputs()] == RECONSTRUCTOR_IO[1]
+    expected, got = _run(float_graph, x[:5]), session.run(None, {"IMAGE": x[:5]})
+    assert [g.shape for g in got] == [(5, 1), (5, 10), (5, 3)]
+    # Float transformations are exact to rounding; int8 only approximate the error and logits.
+    tolerance = 1e-4 if variant in ("float32", "optimized", "fused") else 0.5
+    for e, g in zip(expected[:2], got[:2], strict=True):
+        assert np.abs(e - g).max() < tolerance
+    # The input checks are never quantized: NaN, infinity and 0-255 pixels still show.
+    bad = x[:4].copy()
+    bad[1, 0, 0, 0], bad[2, 0, 3, 3], bad[3] = np.nan, np.inf, bad[3] * 255
+    np.testing.assert_array_equal(_run(float_graph, bad)[2], session.run(None, {"IMAGE": bad})[2])
+
+
+def test_unknown_variant_and_static_int8_without_data_are_refused(float_graph, tmp_path):
+    with pytest.raises(ValueError, match="unknown variant"):
+        reconstructor_variant(float_graph, "fp8", tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match="calibration images"):
+        reconstructor_variant(float_graph, "int8-static", tmp_path / "x.onnx")
+
+
+def _row(name, us, auroc):
+    return {"name": name, "reconstructor_us": {"batch64": us, "batch1": us}, "auroc": auroc}
+
+
+def test_default_is_the_fastest_within_the_auroc_tolerance():
+    rows = [
+        _row("float32", 1000, {"jbda": 0.90, "noise": 1.0}),
+        _row("int8-dynamic", 1500, {"jbda": 0.90, "noise": 1.0}),
+        _row("preset:fast-but-blind", 100, {"jbda": 0.80, "noise": 1.0}),
+        _row("preset:small", 300, {"jbda": 0.896, "noise": 1.0}),
+        _row("preset:better", 400, {"jbda": 0.95, "noise": 1.0}),
+    ]
+    assert variants.choose_default(rows) == "preset:small"
+    rows[3]["auroc"]["noise"] = 0.99  # 0.01 below on one attack: out
+    assert variants.choose_default(rows) == "preset:better"
+
+
+def test_variants_report_on_a_tiny_build(tiny_repository, tmp_path):
+    """The whole tool on the tiny build, with the attack queries given (the cache the tool
+    writes after running the attacks), so no clone is trained here."""
+    shape = (1, 28, 28)
+    cache = tmp_path / "variants" / "queries-b64-s0.npz"
+    cache.parent.mkdir()
+    np.savez(
+        cache,
+        noise=make_query_set("noise", 64, shape, seed=1),
+        **{"knockoff-digits8x8": make_query_set("digits8x8", 64, shape, seed=2)},
+    )
+    out = tmp_path / "variants.json"
+    argv = ["--repository", str(tiny_repository), "--variants-dir", str(tmp_path / "variants")]
+    argv += ["--budget", "64", "--timing-images", "128", "--out", str(out)]
+    assert variants.main(argv) == 0
+    report = json.loads(out.read_text())
+    names = [r["name"] for r in report["rows"]]
+    assert names == list(RECONSTRUCTOR_VARIANTS)  # no preset built in this folder
+    assert report["chosen"] in names
+    for row in report["rows"]:
+        assert set(row["auroc"]) == {"noise", "knockoff-digits8x8"}
+        assert all(0.0 <= a <= 1.0 for a in row["auroc"].values())
+        assert row["reconstructor_us"]["batch64"] > 0 and 0 < row["victim_share"] < 1
+    # The float transformations score exactly as the float32 graph does.
+    by_name = {r["name"]: r["auroc"] for r in report["rows"]}
+    assert by_name["optimized"] == pytest.approx(by_name["float32"], abs=1e-3)
+    assert "| float32" in out.with_suffix(".md").read_text()
