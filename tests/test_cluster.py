@@ -12,7 +12,7 @@ from same_defense.load.cluster_checks import classify, cross_path, outage_holds,
 from same_defense.load.common import benign_images
 from same_defense.load.replicas import Cluster
 
-pytestmark = [pytest.mark.server, pytest.mark.redis, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.server, pytest.mark.redis]
 
 
 @pytest.fixture(scope="module")
