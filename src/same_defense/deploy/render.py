@@ -13,6 +13,8 @@ not be committed): see deploy/README.md for the two ``kubectl create secret`` co
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..core.manifest import MANIFEST_NAME
 from ..export.repository import render_configs
 from .settings import (
@@ -83,12 +85,10 @@ def _hardened(user: int) -> dict:
 
 def model_configs(s: DeploySettings) -> dict[str, str]:
     """``config.pbtxt`` per model, exactly what ``same-build`` writes for these settings; with
-    ``gpu`` the two ONNX models run as GPU instances (the Python defense step stays on CPU)."""
-    configs = render_configs(s.serving)
-    if s.gpu:
-        for name in ("victim", "reconstructor"):
-            configs[name] = configs[name].replace("kind: KIND_CPU", "kind: KIND_GPU")
-    return configs
+    ``gpu`` the two ONNX models run as GPU instances (``ServingSettings.instance_kind``; the
+    Python defense step stays on CPU)."""
+    serving = replace(s.serving, instance_kind="KIND_GPU") if s.gpu else s.serving
+    return render_configs(serving)
 
 
 def config_map(s: DeploySettings) -> dict:
