@@ -27,11 +27,12 @@ class GatewayProcess:
     ) -> None:
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
-        self.command = [
-            sys.executable, "-m", "same_defense.gateway.cli", "--listen", self.url,
-            "--upstream", upstream, "--keys", str(keys_file),
-            "--manifest", str(Path(repository) / "defense" / "1" / MANIFEST_NAME),
-        ]  # fmt: skip
+        manifest = Path(repository) / "defense" / "1" / MANIFEST_NAME
+        self.command = [sys.executable, "-m", "same_defense.gateway.cli", "--listen", self.url]
+        self.command += ["--upstream", upstream, "--keys", str(keys_file)]
+        # The benchmark speaks gRPC: no public HTTP port (the default 0.0.0.0:8000 would
+        # collide with a second gateway or anything else on the machine).
+        self.command += ["--manifest", str(manifest), "--no-http"]
         if not account_defense:
             self.command.append("--no-account-defense")
         self.log_file = log_file
