@@ -51,39 +51,69 @@ def _source(name: str, reports: dict[str, dict]) -> str:
     return f"`{SOURCES[name]}` ({written})"
 
 
+def _demo_rows(demo: dict) -> list[list]:
+    return [
+        ["victim test accuracy", cell(demo["victim_test_accuracy"], 4)],
+        ["accuracy served to honest users", cell(demo["served_benign_accuracy"], 4)],
+    ]
+
+
+def _evaluation_rows(ev: dict) -> list[list]:
+    served = [d for d in ev["detection"] if d["detector"] == "same-a0.99"]
+    return [[f"per-query AUROC, {d['attack']}", cell(d["auroc"])] for d in served]
+
+
+def _accounts_rows(acc: dict) -> list[list]:
+    rows = [
+        [
+            f"clone accuracy, one account, {r['attack']}",
+            f"{cell(r['undefended_accuracy_mean'])} -> {cell(r['clone_accuracy_mean'])}",
+        ]
+        for r in acc["one_account"]
+        if r["output"] == "probs"
+    ]
+    honest = acc["honest"]["overall"]
+    return rows + [["honest accounts suspected", f"{honest['suspected']} / {honest['accounts']}"]]
+
+
+def _bench_rows(bench: dict) -> list[list]:
+    return [
+        [
+            f"same / victim throughput, batch {batch}",
+            cell(goal.get("throughput_ratio_at_saturation")),
+        ]
+        for batch, goal in bench.get("goals", {}).items()
+    ]
+
+
+def _cluster_rows(cluster: dict) -> list[list]:
+    checks = cluster["checks"]
+    return [
+        [
+            "2 replicas vs 1, images/s (same 2 cores)",
+            cell(cluster["cluster_vs_single"]["images_per_s"]),
+        ],
+        ["cluster checks passed", f"{sum(checks.values())} / {len(checks)}"],
+    ]
+
+
+HEADLINE_ROWS: dict[str, Callable[[dict], list[list]]] = {
+    "demo": _demo_rows,
+    "evaluation": _evaluation_rows,
+    "accounts": _accounts_rows,
+    "bench": _bench_rows,
+    "cluster": _cluster_rows,
+}
+
+
 def headline_rows(reports: dict[str, dict]) -> list[list]:
-    """``[what, figure, source]`` rows for the figures a newcomer asks about first."""
-    rows: list[list] = []
-    demo, ev, acc, bench = (reports.get(k) for k in ("demo", "evaluation", "accounts", "bench"))
-    if demo:
-        rows.append(["victim test accuracy", cell(demo["victim_test_accuracy"], 4), "demo"])
-        rows.append(
-            ["accuracy served to honest users", cell(demo["served_benign_accuracy"], 4), "demo"]
-        )
-    if ev:
-        for d in ev["detection"]:
-            if d["detector"] == "same-a0.99":
-                rows.append([f"per-query AUROC, {d['attack']}", cell(d["auroc"]), "evaluation"])
-    if acc:
-        for r in acc["one_account"]:
-            if r["output"] == "probs":
-                figure = (
-                    f"{cell(r['undefended_accuracy_mean'])} -> {cell(r['clone_accuracy_mean'])}"
-                )
-                rows.append([f"clone accuracy, one account, {r['attack']}", figure, "accounts"])
-        honest = acc["honest"]["overall"]
-        rows.append(
-            [
-                "honest accounts suspected",
-                f"{honest['suspected']} / {honest['accounts']}",
-                "accounts",
-            ]
-        )
-    if bench:
-        for batch, goal in bench.get("goals", {}).items():
-            ratio = goal.get("throughput_ratio_at_saturation")
-            rows.append([f"same / victim throughput, batch {batch}", cell(ratio), "bench"])
-    return [[what, figure, f"`{SOURCES[src].split(' (')[0]}`"] for what, figure, src in rows]
+    """``[what, figure, command]`` rows for the figures a newcomer asks about first."""
+    return [
+        [what, figure, f"`{SOURCES[name].split(' (')[0]}`"]
+        for name, rows in HEADLINE_ROWS.items()
+        if name in reports
+        for what, figure in rows(reports[name])
+    ]
 
 
 def headline(reports: dict[str, dict]) -> list[str]:
@@ -154,12 +184,23 @@ def _recipes_section(rec: dict) -> list[str]:
     return table(["recipe", "query set", *keys], rows)
 
 
+def _cluster_section(cluster: dict) -> list[str]:
+    rows = []
+    for name in ("single", "cluster"):
+        total = cluster[name]["locust"].get("all", {})
+        rows.append([name, total.get("requests_per_s"), total.get("p50_ms"), total.get("failures")])
+    out = table(["deployment", "requests/s", "p50 ms", "failures"], rows)
+    checks = [[k, v] for k, v in cluster["checks"].items()]
+    return out + table(["check", "passed"], checks)
+
+
 SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "demo": ("Demo: accounts", _demo_section),
     "evaluation": ("Per-query evaluation", _evaluation_section),
     "accounts": ("Account-level evaluation", _accounts_section),
     "recipes": ("Shadow recipes: per-query AUROC", _recipes_section),
     "bench": ("Serving cost", _bench_section),
+    "cluster": ("Two replicas behind nginx (docs/deployment.md)", _cluster_section),
 }
 
 
