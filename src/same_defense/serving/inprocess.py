@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..core import Decision, DefenseSettings, defend, describe_problems, find_input_problems
+from ..core import Decision, DefenseSettings, GraphArrays, InvalidInput, defend_requests
 from ..core.manifest import load_verified_manifest, settings_from_manifest
 from ..export.repository import MANIFEST_NAME, ONNX_FILES, read_model_config
 
@@ -71,10 +71,6 @@ class GraphRunner:
         return GraphOutputs(*(np.concatenate(p) for p in parts))
 
 
-class InvalidInput(ValueError):
-    """Raised for the same inputs the served ensemble refuses."""
-
-
 class InProcessSame:
     """``same`` without a server: same graphs, same manifest check, same decision code."""
 
@@ -95,9 +91,11 @@ class InProcessSame:
             repository / ONNX_FILES["victim"], repository / ONNX_FILES["reconstructor"], threads
         )
 
-    def infer(self, images: np.ndarray) -> Decision:
+    def infer(self, images: np.ndarray, suspected: bool = False) -> Decision:
+        """The served answer to ``images``, through the same core entry as the Triton step."""
         out = self.graphs.run(images)
-        problems = find_input_problems(out.input_stats)
-        if problems:
-            raise InvalidInput(describe_problems(problems))
-        return defend(out.logits, out.recon_error, out.shadow_logits, self.settings)
+        arrays = GraphArrays(out.logits, out.recon_error, out.shadow_logits, out.input_stats)
+        (result,) = defend_requests([arrays], self.settings, [suspected])
+        if isinstance(result, InvalidInput):
+            raise result
+        return result
