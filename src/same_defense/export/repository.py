@@ -4,7 +4,7 @@ Layout (``same`` is the only model clients are meant to call)::
 
     victim/1/model.onnx          IMAGE -> LOGITS                  backend "onnxruntime"
     reconstructor/1/model.onnx   IMAGE -> RECON_ERROR, SHADOW_LOGITS, INPUT_STATS
-    defense/1/model.py           Python step: check, score, flag, respond (tracked in git)
+    defense/1/model.py           Python step: check, score, flag, respond (from the package)
     defense/1/same_core/         numpy-only copy of ``same_defense.core`` (written here)
     defense/1/same_calibration.json   threshold, alpha, shapes, classes, ONNX SHA-256
     same/                        the ensemble: IMAGE -> PROBS, LABEL
@@ -25,9 +25,9 @@ from ..core.accounts import ACCOUNT_OUTPUT
 from ..core.manifest import MANIFEST_NAME, sha256_file
 
 MANIFEST_VERSION = 1
-# The Triton step's source is the tracked file in the project's own model_repository/.
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-DEFENSE_STEP_SOURCE = PROJECT_ROOT / "model_repository" / "defense" / "1" / "model.py"
+# The Triton step ships inside the package (package data), so a pip-installed same-build
+# writes a complete repository without a checkout.
+DEFENSE_STEP_SOURCE = Path(__file__).resolve().parents[1] / "serving" / "triton_step" / "model.py"
 ONNX_FILES = {"victim": "victim/1/model.onnx", "reconstructor": "reconstructor/1/model.onnx"}
 # A provider's own ONNX victim, kept verbatim beside the served wrapper (victim/1/model.onnx
 # adds its preprocessing). Triton loads only version folders, so this file is not served.

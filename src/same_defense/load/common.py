@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import filecmp
 import logging
 import shutil
@@ -25,9 +26,27 @@ from ..export.repository import (
 
 log = logging.getLogger("same.load")
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-LOCUSTFILE = PROJECT_ROOT / "loadtest" / "locustfile.py"
+# The checkout's own locustfile, relative to where `make` runs (the project root).
+DEFAULT_LOCUSTFILE = Path("loadtest/locustfile.py")
 MODELS = ("victim", "reconstructor", "defense")
+
+
+def locustfile(path: Path | None = None) -> Path:
+    """The locustfile to run (default: the checkout's), checked before Locust starts."""
+    path = Path(path or DEFAULT_LOCUSTFILE)
+    if not path.is_file():
+        raise SystemExit(
+            f"{path} not found: run from the project checkout (where make runs) or pass "
+            "--locustfile PATH"
+        )
+    return path.resolve()
+
+
+def add_locustfile_argument(p: argparse.ArgumentParser) -> None:
+    """``--locustfile`` for the commands that start Locust."""
+    p.add_argument(
+        "--locustfile", type=Path, default=DEFAULT_LOCUSTFILE, help="the Locust user classes"
+    )
 
 
 def exit_on_sigterm() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..serving.embedded import free_port
-from .common import LOCUSTFILE
+from .common import locustfile
 from .stats import read_locust_stats
 
 
@@ -38,7 +38,7 @@ class LoadSettings:
 
 def locustfile_options(s: LoadSettings, data_file: Path, keys_file: Path) -> list[str]:
     return [
-        "-f", str(LOCUSTFILE), "--target-model", "same", "--repository", str(s.repository),
+        "-f", str(locustfile()), "--target-model", "same", "--repository", str(s.repository),
         "--data-file", str(data_file), "--keys-file", str(keys_file),
         "--benign-weight", str(s.benign_weight), "--synthetic-weight", str(s.synthetic_weight),
         "--proxy-weight", str(s.proxy_weight), "--attack-batch", str(s.attack_batch),

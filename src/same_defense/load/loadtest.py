@@ -27,7 +27,14 @@ import numpy as np
 
 from ..serving.embedded import EmbeddedTriton, free_port
 from ..serving.metrics import read_defense_counters
-from .common import LOCUSTFILE, current_settings, ensure_repository, exit_on_sigterm, load_test_data
+from .common import (
+    add_locustfile_argument,
+    current_settings,
+    ensure_repository,
+    exit_on_sigterm,
+    load_test_data,
+    locustfile,
+)
 from .stats import ratio, read_locust_stats
 
 MODELS = ("same", "victim")
@@ -40,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    add_locustfile_argument(p)
     p.add_argument("--out", type=Path, default=Path("reports/loadtest"))
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--users", type=int, default=20, help="simulated users per run")
@@ -72,7 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def locust_command(args: argparse.Namespace, model: str, host: str, data_file: Path) -> list[str]:
     prefix = args.out / model
     command = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        sys.executable, "-m", "locust", "-f", str(locustfile(getattr(args, "locustfile", None))),
+        "--headless",
         "-u", str(args.users), "-r", str(args.spawn_rate), "-t", args.run_time,
         "--host", host, "--csv", str(prefix), "--html", str(prefix) + ".html",
         "--only-summary", "--stop-timeout", "5",

@@ -26,7 +26,7 @@ from ..gateway.deployment import ProtectedService
 from ..gateway.options import AccountOptions
 from ..serving.embedded import free_port
 from ..serving.metrics import read_defense_counters
-from .common import ensure_repository, exit_on_sigterm, load_test_data
+from .common import add_locustfile_argument, ensure_repository, exit_on_sigterm, load_test_data
 from .loadtest import locust_command, run_locust, run_seconds
 from .stats import read_locust_stats
 
@@ -117,6 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    add_locustfile_argument(p)
     p.add_argument("--out", type=Path, default=Path("reports/soak"))
     p.add_argument("--report", type=Path, default=Path("reports/soak.json"))
     p.add_argument("--run-time", default="11m", help="Locust run time (at least 10m to pass)")
