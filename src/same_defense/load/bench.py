@@ -479,7 +479,12 @@ def run(args: argparse.Namespace, account_layer: bool = True) -> dict:
             for target in gateways:
                 gateway = GatewayProcess(
                     url, repository, keys_file, account_defense=target == "gateway_same"
-                ).start(key)
+                )
+                # The bench calls gRPC only; the gateway's default HTTP port (8000) is shared by
+                # both gateways here and by anything else on the machine.
+                if "--no-http" not in gateway.command:
+                    gateway.command.append("--no-http")
+                gateway.start(key)
                 running.append(gateway)
                 server_pids.append(gateway.process.pid)
                 factories[target] = lambda u=gateway.url: triton_worker(u, "same", key=key)
