@@ -62,6 +62,37 @@ Worker = tuple[Callable[[np.ndarray], object], Callable[[], None]]
 RESNET18_REPOSITORY = Path("artifacts/bench-resnet18/model_repository")
 
 
+def _send_until_closed(
+    call: Callable[[np.ndarray], object],
+    batches: list[np.ndarray],
+    first: int,
+    window: dict[str, float],
+    latencies: list[float],
+    errors: list[str],
+) -> int:
+    """One worker's loop: send, wait, record the latency of answers inside the window, until
+    the window closes; returns the requests answered (warm-up included)."""
+    k, in_a_row, answered = first, 0, 0
+    while True:
+        start = time.perf_counter()
+        if start >= window["end"]:
+            return answered
+        try:
+            call(batches[k % len(batches)])
+        except Exception as exc:  # counted and reported, never silently dropped
+            errors.append(f"{type(exc).__name__}: {exc}")
+            in_a_row += 1
+            if in_a_row >= MAX_ERRORS_IN_A_ROW:  # the target is gone: stop trying
+                return answered
+            continue
+        end = time.perf_counter()
+        in_a_row = 0
+        k += 1
+        answered += 1
+        if window["start"] <= end <= window["end"]:
+            latencies.append(end - start)
+
+
 def closed_loop(
     make_worker: Callable[[], Worker],
     batches: list[np.ndarray],
@@ -95,26 +126,8 @@ def closed_loop(
             return
         try:
             barrier.wait()
-            k = index  # workers start at different batches so they do not send the same one
-            in_a_row = 0
-            while True:
-                start = time.perf_counter()
-                if start >= window["end"]:
-                    return
-                try:
-                    call(batches[k % len(batches)])
-                except Exception as exc:  # counted and reported, never silently dropped
-                    errors.append(f"{type(exc).__name__}: {exc}")
-                    in_a_row += 1
-                    if in_a_row >= MAX_ERRORS_IN_A_ROW:  # the target is gone: stop trying
-                        return
-                    continue
-                end = time.perf_counter()
-                in_a_row = 0
-                k += 1
-                sent[index] += 1
-                if window["start"] <= end <= window["end"]:
-                    latencies[index].append(end - start)
+            # Workers start at different batches so they do not send the same one.
+            sent[index] = _send_until_closed(call, batches, index, window, latencies[index], errors)
         except threading.BrokenBarrierError:
             return
         finally:
@@ -267,6 +280,33 @@ def in_process_workers(repository: Path, threads: int) -> dict[str, Callable[[],
     }
 
 
+def _latency_difference(x: dict, y: dict) -> dict:
+    return {"p50": round(x["p50_ms"] - y["p50_ms"], 3), "p99": round(x["p99_ms"] - y["p99_ms"], 3)}
+
+
+def _ratios(x: dict, y: dict) -> dict:
+    return {
+        "throughput": ratio(x["images_per_s"], y["images_per_s"]),
+        "p50": ratio(x["p50_ms"], y["p50_ms"]),
+        "p99": ratio(x["p99_ms"], y["p99_ms"]),
+    }
+
+
+def _per_cell(
+    cell: Callable, pairs: dict, batch_sizes: list[int], concurrency: list[int], compare: Callable
+) -> dict:
+    """``{label: {batch: {concurrency: compare(numerator cell, denominator cell)}}}`` for the
+    cells both targets of a pair measured."""
+    out: dict = {}
+    for label, (num, den) in pairs.items():
+        for b in batch_sizes:
+            for c in concurrency:
+                x, y = cell(num, b, c), cell(den, b, c)
+                if x and y:
+                    out.setdefault(label, {}).setdefault(str(b), {})[str(c)] = compare(x, y)
+    return out
+
+
 def derive(
     results: dict, batch_sizes: list[int], concurrency: list[int], server_cpu: bool = True
 ) -> dict:
@@ -282,33 +322,16 @@ def derive(
         "victim/inprocess_victim": ("victim", "inprocess_victim"),
         "gateway_same/same": ("gateway_same", "same"),
     }
-    # Added latency, in ms, per cell: the gateway's own share (keys only vs Triton directly)
-    # and the account layer's (account defense on vs off, both through a gateway).
-    added_ms: dict = {}
-    for label, (num, den) in {
-        "gateway_total": ("gateway_same", "same"),  # everything the public endpoint adds
+    # Added latency, in ms, per cell: everything the public endpoint adds, the gateway's own
+    # share (keys only vs Triton directly) and the account layer's (account defense on vs
+    # off, both through a gateway).
+    added = {
+        "gateway_total": ("gateway_same", "same"),
         "gateway": ("gateway_same_keys_only", "same"),
         "account_layer": ("gateway_same", "gateway_same_keys_only"),
-    }.items():
-        for b in batch_sizes:
-            for c in concurrency:
-                x, y = cell(num, b, c), cell(den, b, c)
-                if x and y:
-                    added_ms.setdefault(label, {}).setdefault(str(b), {})[str(c)] = {
-                        "p50": round(x["p50_ms"] - y["p50_ms"], 3),
-                        "p99": round(x["p99_ms"] - y["p99_ms"], 3),
-                    }
-    ratios: dict = {}
-    for label, (num, den) in pairs.items():
-        for b in batch_sizes:
-            for c in concurrency:
-                x, y = cell(num, b, c), cell(den, b, c)
-                if x and y:
-                    ratios.setdefault(label, {}).setdefault(str(b), {})[str(c)] = {
-                        "throughput": ratio(x["images_per_s"], y["images_per_s"]),
-                        "p50": ratio(x["p50_ms"], y["p50_ms"]),
-                        "p99": ratio(x["p99_ms"], y["p99_ms"]),
-                    }
+    }
+    added_ms = _per_cell(cell, added, batch_sizes, concurrency, _latency_difference)
+    ratios = _per_cell(cell, pairs, batch_sizes, concurrency, _ratios)
 
     def cells_of(target: str, sizes: list[int]) -> list[dict]:
         return [x for b in sizes for c in concurrency if (x := cell(target, b, c))]
@@ -445,6 +468,59 @@ def resnet18_pass(args: argparse.Namespace) -> dict:
     return {"victim_architecture": "resnet18", "timing_build": True} | {k: report[k] for k in keep}
 
 
+def start_gateways(
+    targets: list[str], url: str, repository: Path, running: list[GatewayProcess]
+) -> dict[str, Callable[[], Worker]]:
+    """Start one gateway per target in front of ``url`` (appended to ``running`` as they start,
+    so the caller stops them even if a later one fails); their worker factories."""
+    keys_file = Path(tempfile.mkdtemp(prefix="same-bench-keys-")) / "keys.json"
+    key = bench_key(keys_file)
+    factories: dict[str, Callable[[], Worker]] = {}
+    for target in targets:
+        gateway = GatewayProcess(
+            url, repository, keys_file, account_defense=target == "gateway_same"
+        )
+        # The bench calls gRPC only; the gateway's default HTTP port (8000) is shared by both
+        # gateways here and by anything else on the machine.
+        if "--no-http" not in gateway.command:
+            gateway.command.append("--no-http")
+        gateway.start(key)
+        running.append(gateway)
+        factories[target] = lambda u=gateway.url: triton_worker(u, "same", key=key)
+    return factories
+
+
+def measure_grid(
+    args: argparse.Namespace,
+    images: np.ndarray,
+    factories: dict[str, Callable[[], Worker]],
+    url: str | None,
+    server_pids: list[int],
+) -> dict:
+    """Every (batch, concurrency) cell for every target, the targets back to back per cell."""
+    results: dict = {t: {} for t in args.targets}
+    for b in args.batch_sizes:
+        batches = make_batches(images, b)
+        for c in args.concurrency:
+            for target in args.targets:
+                r = measure_cell(
+                    factories[target], batches, c, args.warmup, args.duration,
+                    url if target in SERVED + GATEWAY else None, server_pids,
+                )  # fmt: skip
+                results[target].setdefault(str(b), {})[str(c)] = r
+                cpu = r["cpu_ms_per_image"]
+                if r["errors"]:
+                    print(f"   ! {r['errors']} failed requests: {r['first_error']}", flush=True)
+                print(
+                    f"   {target:17s} batch {b:3d} concurrency {c:3d}: "
+                    f"{r['images_per_s']:9.1f} images/s  p50 {r['p50_ms']:8.2f} ms  "
+                    f"p99 {r['p99_ms']:8.2f} ms  CPU ms/image server {cpu['server']:.3f} "
+                    f"client {cpu['client']:.3f}",
+                    flush=True,
+                )
+    return results
+
+
 def run(args: argparse.Namespace, account_layer: bool = True) -> dict:
     manifest = ensure_repository(args.repository)
     images = benign_images(manifest)
@@ -474,20 +550,8 @@ def run(args: argparse.Namespace, account_layer: bool = True) -> dict:
             t: (lambda t=t: triton_worker(url, t)) for t in served if t in SERVED
         }
         if gateways:
-            keys_file = Path(tempfile.mkdtemp(prefix="same-bench-keys-")) / "keys.json"
-            key = bench_key(keys_file)
-            for target in gateways:
-                gateway = GatewayProcess(
-                    url, repository, keys_file, account_defense=target == "gateway_same"
-                )
-                # The bench calls gRPC only; the gateway's default HTTP port (8000) is shared by
-                # both gateways here and by anything else on the machine.
-                if "--no-http" not in gateway.command:
-                    gateway.command.append("--no-http")
-                gateway.start(key)
-                running.append(gateway)
-                server_pids.append(gateway.process.pid)
-                factories[target] = lambda u=gateway.url: triton_worker(u, "same", key=key)
+            factories.update(start_gateways(gateways, url, repository, running))
+            server_pids += [g.process.pid for g in running]
         if local:
             factories.update(
                 {
@@ -496,27 +560,8 @@ def run(args: argparse.Namespace, account_layer: bool = True) -> dict:
                     if t in local
                 }
             )
-        results: dict = {t: {} for t in args.targets}
         started = time.perf_counter()
-        for b in args.batch_sizes:
-            batches = make_batches(images, b)
-            for c in args.concurrency:
-                for target in args.targets:
-                    r = measure_cell(
-                        factories[target], batches, c, args.warmup, args.duration,
-                        url if target in SERVED + GATEWAY else None, server_pids,
-                    )  # fmt: skip
-                    results[target].setdefault(str(b), {})[str(c)] = r
-                    cpu = r["cpu_ms_per_image"]
-                    if r["errors"]:
-                        print(f"   ! {r['errors']} failed requests: {r['first_error']}", flush=True)
-                    print(
-                        f"   {target:17s} batch {b:3d} concurrency {c:3d}: "
-                        f"{r['images_per_s']:9.1f} images/s  p50 {r['p50_ms']:8.2f} ms  "
-                        f"p99 {r['p99_ms']:8.2f} ms  CPU ms/image server {cpu['server']:.3f} "
-                        f"client {cpu['client']:.3f}",
-                        flush=True,
-                    )
+        results = measure_grid(args, images, factories, url, server_pids)
         elapsed = time.perf_counter() - started
     finally:
         for gateway in running:
