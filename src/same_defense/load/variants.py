@@ -147,7 +147,11 @@ def candidates(repository: Path, variants_dir: Path, work: Path, calibration: np
 def build_preset(name: str, repository: Path, variants_dir: Path) -> None:
     """Train preset ``name`` with the repository's victim checkpoint (same victim, same data)."""
     manifest = read_manifest(repository)
-    checkpoint = Path("artifacts") / "victim.pt"
+    checkpoint = Path("artifacts") / "victim.pt"  # where `make repository` leaves it
+    if not checkpoint.exists():
+        raise SystemExit(
+            f"{checkpoint} is missing: the presets reuse the victim of `make repository`"
+        )
     out = variants_dir / name
     cmd = [
         sys.executable, "-m", "same_defense.export.build", "--preset", name,
