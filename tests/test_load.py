@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from same_defense.load import bench, loadtest
+from same_defense.load import bench, loadtest, loadtest_report
 from same_defense.load.common import parse_overrides
 from same_defense.load.stats import (
     cost_breakdown,
@@ -78,13 +78,13 @@ def test_read_locust_stats_and_summarise(tmp_path):
     assert stats["benign"]["p99_ms"] == 250 and stats["benign"]["requests_per_s"] == 5
     victim = {k: {**v, "p99_ms": v["p99_ms"] / 5} for k, v in stats.items()}
     batches = {"benign": 1, "attacker-synthetic": 16, "attacker-proxy": 16}
-    summary = loadtest.summarise({"same": stats, "victim": victim}, batches, {})
+    summary = loadtest_report.summarise({"same": stats, "victim": victim}, batches, {})
     assert summary["failures_total"] == 0
     assert summary["models"]["same"]["attacker-synthetic"]["images_per_s"] == 40
     assert summary["same/victim"]["benign"]["p99_ms"] == 5.0
     assert "all" in summary["models"]["same"]
     summary["config"] = {"users": 3, "weights": "1:1:1", "run_time": "5s"}
-    loadtest.plot(summary, tmp_path / "plot.png")
+    loadtest_report.plot(summary, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 

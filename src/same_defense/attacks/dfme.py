@@ -109,6 +109,50 @@ class Dfme:
         )[1]  # fmt: skip
         return _logits(targets)
 
+    def _generator_step(self, generator, clone, opt_g, gen, ask, output_type: str) -> None:
+        """Maximise the clone's disagreement; the victim's gradient by forward differences."""
+        b, m = self.batch_size, self.directions
+        dim = int(np.prod(self.shape))
+        generator.train()
+        clone.eval()
+        x = generator(torch.randn(b, self.latent, generator=gen))
+        x0 = x.detach().numpy()
+        u = torch.randn(b, m, dim, generator=gen)
+        u = u / u.norm(dim=2, keepdim=True)
+        shifted = np.clip(x0[:, None] + self.epsilon * u.view(b, m, *self.shape).numpy(), 0, 1)
+        batch = np.concatenate([x0, shifted.reshape(b * m, *self.shape)]).astype(np.float32)
+        answer = ask(batch)
+        with torch.no_grad():
+            student = clone(torch.from_numpy(batch))
+            student = student - student.mean(dim=1, keepdim=True)
+            loss = (self._victim_logits(answer, output_type) - student).abs().sum(dim=1)
+        base, moved = loss[:b], loss[b:].view(b, m)
+        grad = (dim / (m * self.epsilon)) * ((moved - base[:, None])[..., None] * u).sum(1)
+        opt_g.zero_grad()
+        x.backward(-grad.view_as(x) / b)  # ascend the disagreement
+        opt_g.step()
+
+    def _student_steps(self, generator, clone, opt_s, gen, oracle, ask, output_type: str) -> None:
+        """The clone's steps on fresh generated batches, while the budget lasts."""
+        generator.eval()
+        clone.train()
+        for _ in range(self.student_steps):
+            n = spendable(oracle, self.batch_size)
+            if n == 0:
+                break
+            with torch.no_grad():
+                xs = generator(torch.randn(n, self.latent, generator=gen)).numpy()
+            answer = ask(xs)
+            student = clone(torch.from_numpy(xs))
+            student = student - student.mean(dim=1, keepdim=True)
+            s_loss = F.l1_loss(student, self._victim_logits(answer, output_type))
+            opt_s.zero_grad()
+            s_loss.backward()
+            # SGD at lr 0.05 on an L1 of recovered logits can blow up on a few unlucky
+            # batches (seen as a NaN clone on some CPUs): bound the step.
+            nn.utils.clip_grad_norm_(clone.parameters(), STUDENT_MAX_GRAD_NORM)
+            opt_s.step()
+
     def run(
         self,
         oracle: Oracle,
@@ -128,7 +172,6 @@ class Dfme:
         opt_g = torch.optim.Adam(generator.parameters(), lr=self.lr_generator)
         opt_s = torch.optim.SGD(clone.parameters(), lr=self.lr_student, momentum=0.9)
         b, m = self.batch_size, self.directions
-        dim = int(np.prod(self.shape))
         seen: list[np.ndarray] = []
         answers = Answer(np.zeros((0, 0), np.float32), np.zeros(0, np.int64))
         curve: list[tuple[int, float]] = []
@@ -142,45 +185,9 @@ class Dfme:
             return a
 
         while spendable(oracle, b * (m + 1)) == b * (m + 1):
-            # Generator step: maximise disagreement; victim gradient by forward differences.
-            generator.train()
-            clone.eval()
-            x = generator(torch.randn(b, self.latent, generator=gen))
-            x0 = x.detach().numpy()
-            u = torch.randn(b, m, dim, generator=gen)
-            u = u / u.norm(dim=2, keepdim=True)
-            shifted = np.clip(x0[:, None] + self.epsilon * u.view(b, m, *self.shape).numpy(), 0, 1)
-            batch = np.concatenate([x0, shifted.reshape(b * m, *self.shape)]).astype(np.float32)
-            answer = ask(batch)
-            with torch.no_grad():
-                student = clone(torch.from_numpy(batch))
-                student = student - student.mean(dim=1, keepdim=True)
-                loss = (self._victim_logits(answer, output_type) - student).abs().sum(dim=1)
-            base, moved = loss[:b], loss[b:].view(b, m)
-            grad = (dim / (m * self.epsilon)) * ((moved - base[:, None])[..., None] * u).sum(1)
-            opt_g.zero_grad()
-            x.backward(-grad.view_as(x) / b)  # ascend the disagreement
-            opt_g.step()
+            self._generator_step(generator, clone, opt_g, gen, ask, output_type)
             generator_steps += 1
-            # Student steps on fresh generated batches.
-            generator.eval()
-            clone.train()
-            for _ in range(self.student_steps):
-                n = spendable(oracle, b)
-                if n == 0:
-                    break
-                with torch.no_grad():
-                    xs = generator(torch.randn(n, self.latent, generator=gen)).numpy()
-                answer = ask(xs)
-                student = clone(torch.from_numpy(xs))
-                student = student - student.mean(dim=1, keepdim=True)
-                s_loss = F.l1_loss(student, self._victim_logits(answer, output_type))
-                opt_s.zero_grad()
-                s_loss.backward()
-                # SGD at lr 0.05 on an L1 of recovered logits can blow up on a few unlucky
-                # batches (seen as a NaN clone on some CPUs): bound the step.
-                nn.utils.clip_grad_norm_(clone.parameters(), STUDENT_MAX_GRAD_NORM)
-                opt_s.step()
+            self._student_steps(generator, clone, opt_s, gen, oracle, ask, output_type)
             if evaluate is not None:
                 curve.append((oracle.queries_used, evaluate(clone)))
         clone.eval()

@@ -46,89 +46,88 @@ def same_answers_as(defense: str, output: str, config: EvalConfig) -> tuple[str,
 def run_attack(ctx: Context, name: str, output: str) -> dict:
     """Every defense for one attack and output type; with probabilities, also every
     detector's scores of the attack's queries (as sent with no defense)."""
-    from ..attacks import InProcessOracle, LabelOnly
-    from .defenses import DefendedPipeline
-    from .metrics import clone_metrics, detection_metrics
-
     config = ctx.config
     attack = make_attack(name, ctx)
     trainer = ctx.trainer()
     benign_scores = ctx.defenses["none"].respond(ctx.benign).scores
     records, curves = [], []
     undefended_queries = None
-    for dname, defense in ctx.defenses.items():
+    for dname in ctx.defenses:
         twin = same_answers_as(dname, output, config)
         if twin is not None:
+            twin_name = "/".join(twin)
             records.append(
-                {
-                    "attack": name,
-                    "defense": dname,
-                    "output": output,
-                    "same_answers_as": "/".join(twin),
-                }
+                {"attack": name, "defense": dname, "output": output, "same_answers_as": twin_name}
             )
             continue
-        start = time.perf_counter()
-        oracle = InProcessOracle(DefendedPipeline(ctx.graphs, defense), config.budget)
-        thief_view = LabelOnly(oracle) if output == "labels" else oracle
-        # Curves: none vs misinformation; knockoff's cost extra clones, so probabilities only.
-        wants_curve = (
-            config.curves
-            and dname in CURVE_DEFENSES
-            and (name in ("jbda", "dfme") or output == "probs")
+        record, curve, queries = _run_defense(
+            ctx, attack, trainer, name, dname, output, benign_scores
         )
-        saved = getattr(attack, "checkpoints", None)
-        if saved is not None and not wants_curve:
-            attack.checkpoints = ()
-        trained_before, reused_before = trainer.trained, trainer.reused
-        result = attack.run(
-            thief_view, trainer, output, ctx.clone_accuracy if wants_curve else None
-        )
-        if saved is not None:
-            attack.checkpoints = saved
-        clone = clone_metrics(
-            predict(result.clone, ctx.splits.test.images),
-            ctx.victim_test_labels,
-            ctx.splits.test.labels,
-        )
-        detection = detection_metrics(benign_scores, oracle.scores, ctx.settings.threshold)
-        record = {
-            "attack": name,
-            "defense": dname,
-            "output": output,
-            "budget": config.budget,
-            "queries_used": result.queries_used,
-            **clone,
-            "flag_rate": float(oracle.flagged.mean()) if len(oracle.flagged) else 0.0,
-            "detection": {
-                k: detection[k] for k in ("auroc", "aupr", "fpr_at_95_tpr", "tpr_at_threshold")
-            },
-            "clone_trainings_run": trainer.trained - trained_before,
-            "clone_trainings_reused": trainer.reused - reused_before,
-            "time_s": round(time.perf_counter() - start, 1),
-            "info": result.info,
-        }
         records.append(record)
-        if result.curve:
-            curves.append(
-                {
-                    "attack": name,
-                    "defense": dname,
-                    "output": output,
-                    "points": [[int(q), float(a)] for q, a in result.curve],
-                }
-            )
+        curves += [curve] if curve else []
         if dname == "none":
-            undefended_queries = oracle.queries
-        log.info(
-            f"[{name}] {output:<6} {dname:<20} clone acc {clone['clone_accuracy']:.3f} "
-            f"fidelity {clone['clone_fidelity']:.3f} flagged {record['flag_rate']:.3f} "
-            f"queries {result.queries_used} ({record['time_s']:.0f}s)"
-        )
+            undefended_queries = queries
     payload = {"attack": name, "output": output, "records": records, "curves": curves}
     if undefended_queries is not None and output == config.output_types[0]:
         payload["scores"] = detector_scores(ctx.graphs.run(undefended_queries), undefended_queries)
     return payload
+
+
+def _run_defense(ctx, attack, trainer, name: str, dname: str, output: str, benign_scores):
+    """One (attack, defense, output) run: ``(record, curve or None, the queries sent)``."""
+    from ..attacks import InProcessOracle, LabelOnly
+    from .defenses import DefendedPipeline
+    from .metrics import clone_metrics, detection_metrics
+
+    config = ctx.config
+    start = time.perf_counter()
+    oracle = InProcessOracle(DefendedPipeline(ctx.graphs, ctx.defenses[dname]), config.budget)
+    thief_view = LabelOnly(oracle) if output == "labels" else oracle
+    # Curves: none vs misinformation; knockoff's cost extra clones, so probabilities only.
+    wants_curve = (
+        config.curves
+        and dname in CURVE_DEFENSES
+        and (name in ("jbda", "dfme") or output == "probs")
+    )
+    saved = getattr(attack, "checkpoints", None)
+    if saved is not None and not wants_curve:
+        attack.checkpoints = ()
+    trained_before, reused_before = trainer.trained, trainer.reused
+    result = attack.run(thief_view, trainer, output, ctx.clone_accuracy if wants_curve else None)
+    if saved is not None:
+        attack.checkpoints = saved
+    clone = clone_metrics(
+        predict(result.clone, ctx.splits.test.images),
+        ctx.victim_test_labels,
+        ctx.splits.test.labels,
+    )
+    detection = detection_metrics(benign_scores, oracle.scores, ctx.settings.threshold)
+    record = {
+        "attack": name,
+        "defense": dname,
+        "output": output,
+        "budget": config.budget,
+        "queries_used": result.queries_used,
+        **clone,
+        "flag_rate": float(oracle.flagged.mean()) if len(oracle.flagged) else 0.0,
+        "detection": {
+            k: detection[k] for k in ("auroc", "aupr", "fpr_at_95_tpr", "tpr_at_threshold")
+        },
+        "clone_trainings_run": trainer.trained - trained_before,
+        "clone_trainings_reused": trainer.reused - reused_before,
+        "time_s": round(time.perf_counter() - start, 1),
+        "info": result.info,
+    }
+    log.info(
+        f"[{name}] {output:<6} {dname:<20} clone acc {clone['clone_accuracy']:.3f} "
+        f"fidelity {clone['clone_fidelity']:.3f} flagged {record['flag_rate']:.3f} "
+        f"queries {result.queries_used} ({record['time_s']:.0f}s)"
+    )
+    points = [[int(q), float(a)] for q, a in result.curve] if result.curve else None
+    curve = (
+        {"attack": name, "defense": dname, "output": output, "points": points} if points else None
+    )
+    return record, curve, oracle.queries
 
 
 def run_indist(ctx: Context) -> dict:
