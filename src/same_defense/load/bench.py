@@ -19,6 +19,10 @@ under ``resnet18``: the same/victim ratio when the victim is a realistic network
 For each (batch, concurrency) the four targets run back to back, so the ratios compare
 figures taken under the same background load (this machine is shared). Results go to
 ``reports/bench.json``; the table is printed.
+
+This module is the command line and the run (servers, gateways, the grid of cells); the
+closed loop is in :mod:`.closed_loop`, the accounting of a cell in :mod:`.server_stats`,
+the ratios, goals and table in :mod:`.bench_derive`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +43,18 @@ import numpy as np
 from ..accounts.local_redis import LocalRedis
 from ..serving.embedded import EmbeddedTriton, free_port
 from .account_cost import account_layer_cost
+from .bench_derive import derive, format_table, goals
+from .bench_targets import (
+    GATEWAY,
+    IN_PROCESS,
+    SERVED,
+    TARGETS,
+    in_process_workers,
+    start_gateways,
+    triton_worker,
+    worker_factories,
+)
+from .closed_loop import MAX_ERRORS_IN_A_ROW, Worker, closed_loop, make_batches
 from .common import (
     benign_images,
     current_settings,
@@ -48,369 +63,35 @@ from .common import (
     parse_overrides,
     tuned_copy,
 )
-from .gateways import GatewayProcess, bench_key
-from .stats import cost_breakdown, gap_breakdown, latency_summary, ratio
+from .gateways import GatewayProcess
+from .server_stats import cpu_seconds, measure_cell, server_breakdown, server_counters
 
-SERVED = ("same", "victim")
-GATEWAY = ("gateway_same", "gateway_same_keys_only")
-IN_PROCESS = ("inprocess_same", "inprocess_victim")
-TARGETS = SERVED + GATEWAY + IN_PROCESS
+__all__ = [  # what was importable from here before the split, still is
+    "GATEWAY",
+    "IN_PROCESS",
+    "MAX_ERRORS_IN_A_ROW",
+    "RESNET18_REPOSITORY",
+    "SERVED",
+    "TARGETS",
+    "Worker",
+    "closed_loop",
+    "cpu_seconds",
+    "derive",
+    "format_table",
+    "goals",
+    "in_process_workers",
+    "main",
+    "make_batches",
+    "measure_cell",
+    "run",
+    "server_breakdown",
+    "server_counters",
+    "start_gateways",
+    "triton_worker",
+    "worker_factories",
+]
 
-# A worker is (call, close): call(batch) sends one request and waits for its answer.
-MAX_ERRORS_IN_A_ROW = 20
-Worker = tuple[Callable[[np.ndarray], object], Callable[[], None]]
 RESNET18_REPOSITORY = Path("artifacts/bench-resnet18/model_repository")
-
-
-def _send_until_closed(
-    call: Callable[[np.ndarray], object],
-    batches: list[np.ndarray],
-    first: int,
-    window: dict[str, float],
-    latencies: list[float],
-    errors: list[str],
-) -> int:
-    """One worker's loop: send, wait, record the latency of answers inside the window, until
-    the window closes; returns the requests answered (warm-up included)."""
-    k, in_a_row, answered = first, 0, 0
-    while True:
-        start = time.perf_counter()
-        if start >= window["end"]:
-            return answered
-        try:
-            call(batches[k % len(batches)])
-        except Exception as exc:  # counted and reported, never silently dropped
-            errors.append(f"{type(exc).__name__}: {exc}")
-            in_a_row += 1
-            if in_a_row >= MAX_ERRORS_IN_A_ROW:  # the target is gone: stop trying
-                return answered
-            continue
-        end = time.perf_counter()
-        in_a_row = 0
-        k += 1
-        answered += 1
-        if window["start"] <= end <= window["end"]:
-            latencies.append(end - start)
-
-
-def closed_loop(
-    make_worker: Callable[[], Worker],
-    batches: list[np.ndarray],
-    concurrency: int,
-    warmup_s: float,
-    duration_s: float,
-) -> dict:
-    """Run ``concurrency`` closed-loop workers; summarise requests that finish in the window.
-
-    The window opens ``warmup_s`` after every worker is connected and lasts ``duration_s``.
-    Requests that complete inside it count towards throughput and latency (their start may
-    fall in the warm-up: at saturation that is what a request waits).
-    """
-    window: dict[str, float] = {}
-
-    def open_window() -> None:  # runs once, when every worker has reached the barrier
-        window["start"] = time.perf_counter() + warmup_s
-        window["end"] = window["start"] + duration_s
-
-    barrier = threading.Barrier(concurrency, action=open_window)
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    errors: list[str] = []  # one message per failed request (list.append is thread-safe)
-    sent = [0] * concurrency
-
-    def work(index: int) -> None:
-        try:
-            call, close = make_worker()
-        except Exception as exc:
-            errors.append(f"cannot start a worker: {type(exc).__name__}: {exc}")
-            barrier.abort()  # the others would wait for this one for ever
-            return
-        try:
-            barrier.wait()
-            # Workers start at different batches so they do not send the same one.
-            sent[index] = _send_until_closed(call, batches, index, window, latencies[index], errors)
-        except threading.BrokenBarrierError:
-            return
-        finally:
-            close()
-
-    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    done = [x for per_worker in latencies for x in per_worker]
-    if errors and not done:
-        raise RuntimeError(f"every request failed ({len(errors)}); first: {errors[0]}")
-    summary = latency_summary(done, duration_s, len(batches[0]))
-    summary["errors"] = len(errors)
-    if errors:
-        summary["first_error"] = errors[0]
-    summary["images_sent"] = sum(sent) * len(batches[0])  # warm-up included, for CPU accounting
-    return summary
-
-
-def triton_worker(url: str, model: str, timeout_s: float = 120.0, key: str | None = None) -> Worker:
-    """One gRPC client per worker (tritonclient's clients are not meant to be shared)."""
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(url)
-    headers = {"authorization": f"Bearer {key}"} if key else None
-
-    def call(batch: np.ndarray) -> object:
-        tensor = grpcclient.InferInput("IMAGE", list(batch.shape), "FP32")
-        tensor.set_data_from_numpy(batch)
-        return client.infer(model, [tensor], client_timeout=timeout_s, headers=headers)
-
-    return call, client.close
-
-
-def cpu_seconds(pids: list[int], children: bool = True) -> float:
-    """User + system CPU seconds of these processes (and their children), so far."""
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            for proc in [root, *(root.children(recursive=True) if children else [])]:
-                times = proc.cpu_times()
-                total += times.user + times.system
-        except psutil.NoSuchProcess:
-            continue
-    return total
-
-
-def server_counters(url: str) -> dict[str, dict[str, int]]:
-    """Triton's cumulative per-model statistics: requests, executions, images, and the
-    nanoseconds spent queued and computing (input + infer + output)."""
-    import tritonclient.grpc as grpcclient
-
-    with grpcclient.InferenceServerClient(url) as client:
-        stats = client.get_inference_statistics(as_json=True).get("model_stats", [])
-    out = {}
-    for m in stats:
-        s = m.get("inference_stats", {})
-
-        def ns(key: str, s: dict = s) -> int:
-            return int(s.get(key, {}).get("ns", 0))
-
-        out[m["name"]] = {
-            "requests": int(s.get("success", {}).get("count", 0)),
-            "executions": int(m.get("execution_count", 0)),
-            "images": int(m.get("inference_count", 0)),
-            "request_ns": ns("success"),
-            "queue_ns": ns("queue"),
-            "compute_ns": ns("compute_input") + ns("compute_infer") + ns("compute_output"),
-        }
-    return out
-
-
-def server_breakdown(before: dict, after: dict) -> dict:
-    """Per model, over one cell: mean images per execution (what dynamic batching achieved)
-    and the mean milliseconds a request spent in the server, queued and computing."""
-    out = {}
-    for name, a in after.items():
-        b = before.get(name, {})
-        d = {k: v - b.get(k, 0) for k, v in a.items()}
-        if d["requests"] <= 0:
-            continue
-        out[name] = {
-            "requests": d["requests"],
-            "images_per_execution": round(d["images"] / max(1, d["executions"]), 2),
-            "server_ms_per_request": round(d["request_ns"] / d["requests"] / 1e6, 3),
-            "queue_ms_per_request": round(d["queue_ns"] / d["requests"] / 1e6, 3),
-            "compute_ms_per_request": round(d["compute_ns"] / d["requests"] / 1e6, 3),
-        }
-    return out
-
-
-def measure_cell(
-    make_worker: Callable[[], Worker],
-    batches: list[np.ndarray],
-    concurrency: int,
-    warmup_s: float,
-    duration_s: float,
-    url: str | None = None,
-    server_pids: list[int] | None = None,
-) -> dict:
-    """One closed-loop cell plus CPU accounting and, for a served target, Triton's own
-    per-model breakdown."""
-    server_pids = server_pids or []
-    before = server_counters(url) if url else None
-    cpu0 = (cpu_seconds(server_pids), cpu_seconds([os.getpid()], children=False))
-    r = closed_loop(make_worker, batches, concurrency, warmup_s, duration_s)
-    cpu1 = (cpu_seconds(server_pids), cpu_seconds([os.getpid()], children=False))
-    # CPU time per image is far less sensitive to other tenants than wall-clock throughput:
-    # it is the cost, where throughput is the cost plus contention.
-    sent = max(1, r.pop("images_sent"))
-    r["cpu_ms_per_image"] = {
-        "server": round((cpu1[0] - cpu0[0]) * 1e3 / sent, 4),
-        "client": round((cpu1[1] - cpu0[1]) * 1e3 / sent, 4),
-    }
-    if before is not None:
-        # Includes the warm-up: it describes how the server ran, not just the window. The
-        # pause lets Triton finish accounting for the last requests before the next cell.
-        time.sleep(0.2)
-        r["server"] = server_breakdown(before, server_counters(url))
-    return r
-
-
-def make_batches(images: np.ndarray, batch_size: int, count: int = 16) -> list[np.ndarray]:
-    """Up to ``count`` distinct contiguous batches cut from ``images`` (cycled if short)."""
-    n = max(1, min(count, len(images) // batch_size))
-    reps = -(-n * batch_size // len(images))
-    pool = np.concatenate([images] * reps) if reps > 1 else images
-    return [np.ascontiguousarray(pool[i * batch_size : (i + 1) * batch_size]) for i in range(n)]
-
-
-def in_process_workers(repository: Path, threads: int) -> dict[str, Callable[[], Worker]]:
-    """Worker factories for the in-process targets; sessions are shared (onnxruntime's run is
-    thread-safe and releases the GIL), as a server's instance would be."""
-    from ..serving.inprocess import InProcessSame
-
-    pipeline = InProcessSame(repository, threads=threads)
-    victim = pipeline.graphs.victim
-
-    def nothing() -> None:
-        pass
-
-    return {
-        "inprocess_same": lambda: (pipeline.infer, nothing),
-        "inprocess_victim": lambda: (lambda x: victim.run(None, {"IMAGE": x}), nothing),
-    }
-
-
-def _latency_difference(x: dict, y: dict) -> dict:
-    return {"p50": round(x["p50_ms"] - y["p50_ms"], 3), "p99": round(x["p99_ms"] - y["p99_ms"], 3)}
-
-
-def _ratios(x: dict, y: dict) -> dict:
-    return {
-        "throughput": ratio(x["images_per_s"], y["images_per_s"]),
-        "p50": ratio(x["p50_ms"], y["p50_ms"]),
-        "p99": ratio(x["p99_ms"], y["p99_ms"]),
-    }
-
-
-def _per_cell(
-    cell: Callable, pairs: dict, batch_sizes: list[int], concurrency: list[int], compare: Callable
-) -> dict:
-    """``{label: {batch: {concurrency: compare(numerator cell, denominator cell)}}}`` for the
-    cells both targets of a pair measured."""
-    out: dict = {}
-    for label, (num, den) in pairs.items():
-        for b in batch_sizes:
-            for c in concurrency:
-                x, y = cell(num, b, c), cell(den, b, c)
-                if x and y:
-                    out.setdefault(label, {}).setdefault(str(b), {})[str(c)] = compare(x, y)
-    return out
-
-
-def derive(
-    results: dict, batch_sizes: list[int], concurrency: list[int], server_cpu: bool = True
-) -> dict:
-    """Ratios per cell; per batch size (and ``peak``, over all of them) the best throughput
-    over the concurrency levels, the same/victim ratio there and the gap breakdown."""
-
-    def cell(target: str, b: int, c: int) -> dict | None:
-        return results.get(target, {}).get(str(b), {}).get(str(c))
-
-    pairs = {
-        "same/victim": ("same", "victim"),
-        "same/inprocess_same": ("same", "inprocess_same"),
-        "victim/inprocess_victim": ("victim", "inprocess_victim"),
-        "gateway_same/same": ("gateway_same", "same"),
-    }
-    # Added latency, in ms, per cell: everything the public endpoint adds, the gateway's own
-    # share (keys only vs Triton directly) and the account layer's (account defense on vs
-    # off, both through a gateway).
-    added = {
-        "gateway_total": ("gateway_same", "same"),
-        "gateway": ("gateway_same_keys_only", "same"),
-        "account_layer": ("gateway_same", "gateway_same_keys_only"),
-    }
-    added_ms = _per_cell(cell, added, batch_sizes, concurrency, _latency_difference)
-    ratios = _per_cell(cell, pairs, batch_sizes, concurrency, _ratios)
-
-    def cells_of(target: str, sizes: list[int]) -> list[dict]:
-        return [x for b in sizes for c in concurrency if (x := cell(target, b, c))]
-
-    def cpu_us(x: dict) -> float:  # what one image cost this machine, client included
-        return (x["cpu_ms_per_image"]["server"] + x["cpu_ms_per_image"]["client"]) * 1e3
-
-    def best(target: str, sizes: list[int]) -> dict | None:
-        cells = cells_of(target, sizes)
-        return max(cells, key=lambda x: x["images_per_s"]) if cells else None
-
-    # The compute floor: the cheapest the graphs ran in-process, at any batch size. What the
-    # served ensemble costs beyond it is serving (transport, ensemble, Python steps, and
-    # batches that dynamic batching could not make as efficient). Wall time per image is
-    # what throughput sees; CPU time per image is the same split, far less disturbed by
-    # other tenants of a shared machine.
-    floor_wall = {t: best(t, batch_sizes) for t in IN_PROCESS}
-    floor_cpu = {t: min((cpu_us(x) for x in cells_of(t, batch_sizes)), default=None)
-                 for t in IN_PROCESS}  # fmt: skip
-    saturation: dict = {}
-    for b in [*batch_sizes, "peak"]:
-        sizes = batch_sizes if b == "peak" else [b]
-        top = {t: best(t, sizes) for t in TARGETS}
-        entry: dict = {f"{t}_images_per_s": x["images_per_s"] for t, x in top.items() if x}
-        same, victim = top["same"], top["victim"]
-        if same and victim:
-            entry["same/victim"] = ratio(same["images_per_s"], victim["images_per_s"])
-            local_same, local_victim = floor_wall["inprocess_same"], floor_wall["inprocess_victim"]
-            if local_same and local_victim:
-                entry["gap_wall"] = gap_breakdown(
-                    same["images_per_s"], victim["images_per_s"],
-                    local_same["images_per_s"], local_victim["images_per_s"],
-                )  # fmt: skip
-            if server_cpu and floor_cpu["inprocess_same"] and floor_cpu["inprocess_victim"]:
-                entry["gap_cpu"] = cost_breakdown(
-                    cpu_us(same), cpu_us(victim),
-                    floor_cpu["inprocess_same"], floor_cpu["inprocess_victim"],
-                )  # fmt: skip
-        saturation[str(b)] = entry
-    saturation["compute_floor"] = {
-        t: {
-            "images_per_s": floor_wall[t]["images_per_s"] if floor_wall[t] else None,
-            "cpu_us_per_image": round(floor_cpu[t], 1) if floor_cpu[t] else None,
-        }
-        for t in IN_PROCESS
-    }
-    return {"ratios": ratios, "added_latency_ms": added_ms, "saturation": saturation}
-
-
-def goals(results: dict, derived: dict, batch_sizes: list[int], concurrency: list[int]) -> dict:
-    """The issue's targets, per batch size: throughput ratio at saturation >= 0.5 and
-    p99 ratio at the highest concurrency <= 2."""
-    top = str(max(concurrency))
-    out = {}
-    for b in batch_sizes:
-        sat = derived["saturation"].get(str(b), {}).get("same/victim")
-        p99 = derived["ratios"].get("same/victim", {}).get(str(b), {}).get(top, {}).get("p99")
-        out[str(b)] = {
-            "throughput_ratio_at_saturation": sat,
-            "throughput_goal_met": sat is not None and sat >= 0.5,
-            f"p99_ratio_at_concurrency_{top}": p99,
-            "p99_goal_met": p99 is not None and p99 <= 2.0,
-        }
-    return out
-
-
-def format_table(results: dict) -> str:
-    lines = [
-        "| target | batch | concurrency | images/s | requests/s | p50 ms | p99 ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for target, by_batch in results.items():
-        for b, by_conc in by_batch.items():
-            for c, r in by_conc.items():
-                lines.append(
-                    f"| {target} | {b} | {c} | {r['images_per_s']:.1f} | "
-                    f"{r['requests_per_s']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
-                )
-    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -468,28 +149,6 @@ def resnet18_pass(args: argparse.Namespace) -> dict:
     return {"victim_architecture": "resnet18", "timing_build": True} | {k: report[k] for k in keep}
 
 
-def start_gateways(
-    targets: list[str], url: str, repository: Path, running: list[GatewayProcess]
-) -> dict[str, Callable[[], Worker]]:
-    """Start one gateway per target in front of ``url`` (appended to ``running`` as they start,
-    so the caller stops them even if a later one fails); their worker factories."""
-    keys_file = Path(tempfile.mkdtemp(prefix="same-bench-keys-")) / "keys.json"
-    key = bench_key(keys_file)
-    factories: dict[str, Callable[[], Worker]] = {}
-    for target in targets:
-        gateway = GatewayProcess(
-            url, repository, keys_file, account_defense=target == "gateway_same"
-        )
-        # The bench calls gRPC only; the gateway's default HTTP port (8000) is shared by both
-        # gateways here and by anything else on the machine.
-        if "--no-http" not in gateway.command:
-            gateway.command.append("--no-http")
-        gateway.start(key)
-        running.append(gateway)
-        factories[target] = lambda u=gateway.url: triton_worker(u, "same", key=key)
-    return factories
-
-
 def measure_grid(
     args: argparse.Namespace,
     images: np.ndarray,
@@ -525,8 +184,6 @@ def run(args: argparse.Namespace, account_layer: bool = True) -> dict:
     manifest = ensure_repository(args.repository)
     images = benign_images(manifest)
     served = [t for t in args.targets if t in SERVED + GATEWAY]
-    gateways = [t for t in args.targets if t in GATEWAY]
-    local = [t for t in args.targets if t in IN_PROCESS]
     overrides = parse_overrides(args.overrides)
     repository = args.repository
     if overrides:
@@ -546,20 +203,8 @@ def run(args: argparse.Namespace, account_layer: bool = True) -> dict:
             url = server.grpc_url
             server_pids = [server.process.pid]
             print(f"== serving on {url} (log {args.log_file})", flush=True)
-        factories: dict[str, Callable[[], Worker]] = {
-            t: (lambda t=t: triton_worker(url, t)) for t in served if t in SERVED
-        }
-        if gateways:
-            factories.update(start_gateways(gateways, url, repository, running))
-            server_pids += [g.process.pid for g in running]
-        if local:
-            factories.update(
-                {
-                    t: f
-                    for t, f in in_process_workers(repository, args.inprocess_threads).items()
-                    if t in local
-                }
-            )
+        factories = worker_factories(args.targets, url, repository, args.inprocess_threads, running)
+        server_pids += [g.process.pid for g in running]
         started = time.perf_counter()
         results = measure_grid(args, images, factories, url, server_pids)
         elapsed = time.perf_counter() - started
