@@ -58,40 +58,51 @@ def _env(name: str, default: str) -> str:
 def _add_arguments(parser) -> None:
     group = parser.add_argument_group("SAME load test")
     group.add_argument(
-        "--target-model", choices=MODELS, default=_env("MODEL", "same"),
+        "--target-model",
+        choices=MODELS,
+        default=_env("MODEL", "same"),
         help="the served model to load: the defended ensemble or the bare victim",
-    )  # fmt: skip
+    )
     group.add_argument(
-        "--repository", default=_env("REPOSITORY", "model_repository"),
+        "--repository",
+        default=_env("REPOSITORY", "model_repository"),
         help="model repository whose manifest names the data set and split seed",
-    )  # fmt: skip
+    )
     group.add_argument(
-        "--data-file", default=_env("DATA", ""),
+        "--data-file",
+        default=_env("DATA", ""),
         help=".npz with benign/synthetic/proxy arrays (written by make loadtest); "
         "without it each process builds them from the data set (seconds)",
-    )  # fmt: skip
+    )
     group.add_argument("--benign-weight", type=int, default=int(_env("BENIGN_WEIGHT", "8")))
     group.add_argument("--synthetic-weight", type=int, default=int(_env("SYNTHETIC_WEIGHT", "1")))
     group.add_argument("--proxy-weight", type=int, default=int(_env("PROXY_WEIGHT", "1")))
     group.add_argument(
-        "--attack-batch", type=int, default=int(_env("ATTACK_BATCH", "16")),
+        "--attack-batch",
+        type=int,
+        default=int(_env("ATTACK_BATCH", "16")),
         help="images per attacker request",
-    )  # fmt: skip
+    )
     group.add_argument(
-        "--attack-burst", type=int, default=int(_env("ATTACK_BURST", "10")),
+        "--attack-burst",
+        type=int,
+        default=int(_env("ATTACK_BURST", "10")),
         help="attacker requests sent back to back per task",
-    )  # fmt: skip
+    )
     group.add_argument("--think-min", type=float, default=float(_env("THINK_MIN", "0.5")))
     group.add_argument("--think-max", type=float, default=float(_env("THINK_MAX", "1.5")))
     group.add_argument(
-        "--keys-file", default=_env("KEYS", ""),
+        "--keys-file",
+        default=_env("KEYS", ""),
         help="JSON {benign|synthetic|proxy: [API keys]} for the gateway: each user takes the "
         "next key of its class (its account); without it no key is sent (Triton directly)",
-    )  # fmt: skip
+    )
     group.add_argument(
-        "--request-timeout", type=float, default=float(_env("REQUEST_TIMEOUT", "60")),
+        "--request-timeout",
+        type=float,
+        default=float(_env("REQUEST_TIMEOUT", "60")),
         help="seconds before a request counts as failed",
-    )  # fmt: skip
+    )
 
 
 class Data:

@@ -30,11 +30,23 @@ STD = (58.0, 57.0, 59.0)
 FOLDER_CLASSES = sorted(CLASSES)
 INPUT_NAME, OUTPUT_NAME = "pixels_bgr_nhwc", "class_probs"
 PREPROCESSING_ARGS = [
-    "--victim-input-name", INPUT_NAME, "--victim-output-name", OUTPUT_NAME,
-    "--victim-scale", "255", "--victim-mean", ",".join(map(str, MEAN)),
-    "--victim-std", ",".join(map(str, STD)), "--victim-channel-order", "bgr",
-    "--victim-layout", "nhwc", "--victim-output", "probs",
-]  # fmt: skip
+    "--victim-input-name",
+    INPUT_NAME,
+    "--victim-output-name",
+    OUTPUT_NAME,
+    "--victim-scale",
+    "255",
+    "--victim-mean",
+    ",".join(map(str, MEAN)),
+    "--victim-std",
+    ",".join(map(str, STD)),
+    "--victim-channel-order",
+    "bgr",
+    "--victim-layout",
+    "nhwc",
+    "--victim-output",
+    "probs",
+]
 
 
 def provider_preprocess(images: np.ndarray) -> np.ndarray:
@@ -53,10 +65,14 @@ class ProviderNet(nn.Module):
         super().__init__()
         self.softmax = softmax
         self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, classes),
-        )  # fmt: skip
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.body(x.permute(0, 3, 1, 2))
@@ -98,9 +114,14 @@ def export_provider_onnx(net: nn.Module, path: Path, dynamic_batch: bool = True)
     example = torch.from_numpy(provider_preprocess(tiny_rgb_images(per_class=1)[0][:2]))
     axes = {INPUT_NAME: {0: "n"}, OUTPUT_NAME: {0: "n"}} if dynamic_batch else None
     return legacy_export(
-        net, example, path, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_axes=axes, opset_version=17,
-    )  # fmt: skip
+        net,
+        example,
+        path,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes=axes,
+        opset_version=17,
+    )
 
 
 def legacy_export(model: nn.Module, example: torch.Tensor, path: Path, **kwargs) -> Path:
@@ -115,11 +136,26 @@ def legacy_export(model: nn.Module, example: torch.Tensor, path: Path, **kwargs)
 def build_args(work: Path, data_root: Path) -> list[str]:
     """``same-build`` arguments for a tiny build on ``data_root`` into ``work``."""
     return [
-        "--data", "folder", "--data-root", str(data_root), "--preset", "tiny", "--quiet",
-        "--max-train", "64", "--mae-epochs", "1", "--shadow-epochs", "1",
-        "--repository", str(work / "model_repository"), "--artifacts", str(work / "artifacts"),
-        "--report", str(work / "build.json"),
-    ]  # fmt: skip
+        "--data",
+        "folder",
+        "--data-root",
+        str(data_root),
+        "--preset",
+        "tiny",
+        "--quiet",
+        "--max-train",
+        "64",
+        "--mae-epochs",
+        "1",
+        "--shadow-epochs",
+        "1",
+        "--repository",
+        str(work / "model_repository"),
+        "--artifacts",
+        str(work / "artifacts"),
+        "--report",
+        str(work / "build.json"),
+    ]
 
 
 def build_provided_victim_repository(tmp_path: Path) -> Path:

@@ -67,9 +67,15 @@ def test_honest_uniform_accounts_are_not_suspected(pipeline, test_split):
     out = pipeline.graphs.run(test_split.images)
     service = account_service(pipeline.manifest)
     result = run_honest_population(
-        pipeline.settings, service, out, test_split.images, test_split.labels,
-        accounts=6, queries=600, kinds=("uniform",),
-    )  # fmt: skip
+        pipeline.settings,
+        service,
+        out,
+        test_split.images,
+        test_split.labels,
+        accounts=6,
+        queries=600,
+        kinds=("uniform",),
+    )
     assert result["overall"]["suspected"] == 0
     assert result["overall"]["lost_to_suspicion_points"] == 0
     assert len(list(service.store.accounts())) == 6  # every request went through the service
@@ -102,11 +108,23 @@ def test_clopper_pearson_upper_bound():
 
 def test_quick_cli_writes_the_report(tiny_repository, tmp_path):
     out = tmp_path / "reports"
-    rc = accounts_main([
-        "--repository", str(tiny_repository), "--out", str(out), "--quick",
-        "--budget", "192", "--attacks", "noise", "--honest-accounts", "24",
-        "--honest-queries", "200",
-    ])  # fmt: skip
+    rc = accounts_main(
+        [
+            "--repository",
+            str(tiny_repository),
+            "--out",
+            str(out),
+            "--quick",
+            "--budget",
+            "192",
+            "--attacks",
+            "noise",
+            "--honest-accounts",
+            "24",
+            "--honest-queries",
+            "200",
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "accounts.json").read_text())
     assert report["schema_version"] == 1

@@ -229,11 +229,13 @@ def test_noise_thief_learns_the_victims_answers_on_noise(victim):
 @pytest.mark.server
 def test_grpc_and_in_process_oracles_give_the_same_answers(server, tiny_repository):
     served = InProcessSame(tiny_repository)  # the policy the server runs
-    queries = np.concatenate([
-        make_query_set("digits8x8", 40, SHAPE, 0),
-        make_query_set("natural", 40, SHAPE, 0),
-        make_query_set("noise", 40, SHAPE, 0),
-    ])  # fmt: skip
+    queries = np.concatenate(
+        [
+            make_query_set("digits8x8", 40, SHAPE, 0),
+            make_query_set("natural", 40, SHAPE, 0),
+            make_query_set("noise", 40, SHAPE, 0),
+        ]
+    )
     with GrpcOracle(server.grpc_url, budget=len(queries), batch_size=32) as live:
         remote = live.query(queries)
         assert live.queries_used == 120 and live.remaining == 0

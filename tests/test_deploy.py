@@ -142,8 +142,11 @@ def test_selectors_and_autoscaler_targets_match():
             target = workloads[o["metadata"]["name"]]
             labels = target["spec"]["template"]["metadata"]["labels"]
             assert o["spec"]["selector"].items() <= labels.items()
-            names = {p["name"] for c in target["spec"]["template"]["spec"]["containers"]
-                     for p in c["ports"]}  # fmt: skip
+            names = {
+                p["name"]
+                for c in target["spec"]["template"]["spec"]["containers"]
+                for p in c["ports"]
+            }
             assert {p["targetPort"] for p in o["spec"]["ports"]} <= names
         if o["kind"] == "HorizontalPodAutoscaler":
             ref = o["spec"]["scaleTargetRef"]
@@ -162,8 +165,12 @@ def test_scrape_annotations_point_at_metrics_ports():
     for name in ("same-triton", "same-gateway"):
         d = by_kind(DeploySettings(), "Deployment", name)
         port = int(d["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"])
-        declared = [p["containerPort"] for c in d["spec"]["template"]["spec"]["containers"]
-                    for p in c["ports"] if p["name"] == "metrics"]  # fmt: skip
+        declared = [
+            p["containerPort"]
+            for c in d["spec"]["template"]["spec"]["containers"]
+            for p in c["ports"]
+            if p["name"] == "metrics"
+        ]
         assert declared == [port]
 
 

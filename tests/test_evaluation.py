@@ -210,10 +210,12 @@ def test_defended_pipeline_matches_the_served_code(tiny_repository):
     manifest = load_verified_manifest(
         str(tiny_repository), str(tiny_repository / "defense" / "1" / MANIFEST_NAME)
     )
-    x = np.concatenate([
-        make_query_set("digits8x8", 32, (1, 28, 28), 0),
-        make_query_set("noise", 32, (1, 28, 28), 0),
-    ])  # fmt: skip
+    x = np.concatenate(
+        [
+            make_query_set("digits8x8", 32, (1, 28, 28), 0),
+            make_query_set("noise", 32, (1, 28, 28), 0),
+        ]
+    )
     graphs = CachedGraphs(served.graphs)
     defenses = build_defenses(
         settings_from_manifest(manifest, "monitor"), graphs.run(x).logits, 0.01
@@ -232,12 +234,29 @@ def test_tiny_matrix_writes_the_report(tiny_repository, tmp_path):
     from same_defense.evaluation.run import main
 
     out = tmp_path / "reports"
-    main([
-        "--repository", str(tiny_repository), "--out-dir", str(out), "--budget", "200",
-        "--epochs", "1", "--attacks", "knockoff-digits8x8", "noise",
-        "--defenses", "same-misinformation", "top1-all", "--workers", "1",
-        "--grpc-check", "0", "--no-indist",
-    ])  # fmt: skip
+    main(
+        [
+            "--repository",
+            str(tiny_repository),
+            "--out-dir",
+            str(out),
+            "--budget",
+            "200",
+            "--epochs",
+            "1",
+            "--attacks",
+            "knockoff-digits8x8",
+            "noise",
+            "--defenses",
+            "same-misinformation",
+            "top1-all",
+            "--workers",
+            "1",
+            "--grpc-check",
+            "0",
+            "--no-indist",
+        ]
+    )
     report = json.loads((out / "evaluation.json").read_text())
     records = report["records"]
     # 2 attacks x 3 defenses (none added) x 2 output types

@@ -54,9 +54,11 @@ def test_server_restart_under_a_client(tiny_repository, tmp_path):
 
     def make() -> EmbeddedTriton:
         return EmbeddedTriton(
-            tiny_repository, log_file=tmp_path / "triton.log", workdir=PROJECT_ROOT / ".triton",
+            tiny_repository,
+            log_file=tmp_path / "triton.log",
+            workdir=PROJECT_ROOT / ".triton",
             **ports,
-        )  # fmt: skip
+        )
 
     first = make().start(120)
     client = SameClient(first.grpc_url, retries=0)

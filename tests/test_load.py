@@ -152,12 +152,30 @@ def test_locust_run_has_both_request_kinds_and_no_failures(server, tiny_reposito
     np.savez(
         data_file, benign=_fake_images(50), synthetic=_fake_images(64, 1), proxy=_fake_images(64, 2)
     )
-    args = loadtest.parse_args([
-        "--repository", str(tiny_repository), "--out", str(tmp_path), "--users", "3",
-        "--spawn-rate", "3", "--run-time", "4s", "--benign-weight", "1",
-        "--synthetic-weight", "1", "--proxy-weight", "1", "--attack-batch", "4",
-        "--attack-burst", "2",
-    ])  # fmt: skip
+    args = loadtest.parse_args(
+        [
+            "--repository",
+            str(tiny_repository),
+            "--out",
+            str(tmp_path),
+            "--users",
+            "3",
+            "--spawn-rate",
+            "3",
+            "--run-time",
+            "4s",
+            "--benign-weight",
+            "1",
+            "--synthetic-weight",
+            "1",
+            "--proxy-weight",
+            "1",
+            "--attack-batch",
+            "4",
+            "--attack-burst",
+            "2",
+        ]
+    )
     command = loadtest.locust_command(args, "same", server.grpc_url, data_file)
     code = loadtest.run_locust(command, tmp_path / "same.log", timeout_s=90)
     log = (tmp_path / "same.log").read_text()
@@ -194,7 +212,7 @@ def test_tiny_bench_writes_the_expected_keys(server, tiny_repository, tmp_path, 
                 "--output",
                 str(output),
             ]
-        )  # fmt: skip
+        )
         == 0
     )
     report = json.loads(output.read_text())

@@ -35,11 +35,24 @@ def test_short_soak_through_the_gateway(tiny_repository, tmp_path):
     from same_defense.load.soak import main  # runs Locust as a subprocess: never import it here
 
     report_path = tmp_path / "soak.json"
-    code = main([
-        "--repository", str(tiny_repository), "--run-time", "15s", "--users", "4",
-        "--interval", "2", "--out", str(tmp_path / "soak"), "--report", str(report_path),
-        "--log-file", str(tmp_path / "triton.log"),
-    ])  # fmt: skip
+    code = main(
+        [
+            "--repository",
+            str(tiny_repository),
+            "--run-time",
+            "15s",
+            "--users",
+            "4",
+            "--interval",
+            "2",
+            "--out",
+            str(tmp_path / "soak"),
+            "--report",
+            str(report_path),
+            "--log-file",
+            str(tmp_path / "triton.log"),
+        ]
+    )
     report = json.loads(report_path.read_text())
     assert report["failures"] == 0 and report["requests_served"] > 0
     assert report["defense_counters"]["scored"] > 0

@@ -212,11 +212,18 @@ def test_victim_torch_wraps_a_module_and_records_the_checkpoint(
     monkeypatch.chdir(PROJECT_ROOT)  # MODULE is imported from the current directory
     args = [a for a in PREPROCESSING_ARGS if a not in ("--victim-input-name", INPUT_NAME)]
     args = [a for a in args if a not in ("--victim-output-name", OUTPUT_NAME)]
-    build_main([
-        *build_args(tmp_path, data_root), "--victim-torch",
-        "tests.provided_victim:make_provider_net", "--victim-checkpoint", str(checkpoint),
-        "--shadow-arch", "cnn3", *args,
-    ])  # fmt: skip
+    build_main(
+        [
+            *build_args(tmp_path, data_root),
+            "--victim-torch",
+            "tests.provided_victim:make_provider_net",
+            "--victim-checkpoint",
+            str(checkpoint),
+            "--shadow-arch",
+            "cnn3",
+            *args,
+        ]
+    )
     manifest = _manifest(tmp_path / "model_repository")
     source = manifest["victim_source"]
     assert (
@@ -298,9 +305,13 @@ class _FlattensBatchOfOne(nn.Module):
 def test_batch_fixed_inside_the_graph_is_refused(tmp_path):
     path = tmp_path / "inner.onnx"
     legacy_export(
-        _FlattensBatchOfOne(), torch.zeros(1, *SHAPE), path, input_names=["x"],
-        output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
-    )  # fmt: skip
+        _FlattensBatchOfOne(),
+        torch.zeros(1, *SHAPE),
+        path,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+    )
     wrapped, _, _ = wrap_onnx_victim(load_onnx_model(path), SHAPE, 5, Preprocessing())
     onnx.save(wrapped, str(tmp_path / "wrapped.onnx"))
     with pytest.raises(ValueError, match="batch of 1 image but not on a batch of 3.*not dynamic"):
@@ -352,12 +363,20 @@ def test_contradictory_options_exit_with_a_usage_error(provided_file, data_root,
         "describe a provided victim": [*base, "--victim-scale", "255"],
         "--victim-torch needs --victim-checkpoint": [*base, "--victim-torch", "m:f"],
         "does not apply to --victim-onnx": [
-            *base, "--victim-onnx", str(provided_file), "--victim-checkpoint", "x.pt",
+            *base,
+            "--victim-onnx",
+            str(provided_file),
+            "--victim-checkpoint",
+            "x.pt",
         ],
         "--victim-arch names the project's": [
-            *base, "--victim-onnx", str(provided_file), "--victim-arch", "cnn3",
+            *base,
+            "--victim-onnx",
+            str(provided_file),
+            "--victim-arch",
+            "cnn3",
         ],
-    }  # fmt: skip
+    }
     for message, argv in cases.items():
         with pytest.raises(SystemExit) as exc:
             build_main(argv)

@@ -43,12 +43,17 @@ class Generator(nn.Module):
         self.fc = nn.Linear(latent, width * 2 * (h // 4) * (w // 4))
         self.body = nn.Sequential(
             nn.BatchNorm2d(width * 2),
-            nn.Upsample(scale_factor=2), nn.Conv2d(width * 2, width * 2, 3, 1, 1),
-            nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2),
-            nn.Upsample(scale_factor=2), nn.Conv2d(width * 2, width, 3, 1, 1),
-            nn.BatchNorm2d(width), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, c, 3, 1, 1), nn.BatchNorm2d(c, affine=False),
-        )  # fmt: skip
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(width * 2, width * 2, 3, 1, 1),
+            nn.BatchNorm2d(width * 2),
+            nn.LeakyReLU(0.2),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(width * 2, width, 3, 1, 1),
+            nn.BatchNorm2d(width),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, c, 3, 1, 1),
+            nn.BatchNorm2d(c, affine=False),
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Images ``[N, C, H, W]`` in (0, 1) from latent vectors ``z`` ``[N, latent]``."""
@@ -104,9 +109,11 @@ class Dfme:
         self.seed = seed
 
     def _victim_logits(self, answer: Answer, output_type: str) -> torch.Tensor:
-        targets = answer.probs if output_type == "probs" else training_targets(
-            Answer(answer.probs, np.maximum(answer.labels, 0)), "labels"
-        )[1]  # fmt: skip
+        targets = (
+            answer.probs
+            if output_type == "probs"
+            else training_targets(Answer(answer.probs, np.maximum(answer.labels, 0)), "labels")[1]
+        )
         return _logits(targets)
 
     def _generator_step(self, generator, clone, opt_g, gen, ask, output_type: str) -> None:

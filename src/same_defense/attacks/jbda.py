@@ -85,9 +85,13 @@ class Jbda:
             # training. The final clone gets the full training on everything.
             epochs = None if last else self.round_epochs
             clone = trainer.fit_answers(
-                images, answer, output_type, model=clone, epochs=epochs,
+                images,
+                answer,
+                output_type,
+                model=clone,
+                epochs=epochs,
                 min_steps=0 if last else self.round_min_steps,
-            )  # fmt: skip
+            )
             if evaluate is not None:
                 curve.append((len(images), evaluate(clone)))
             if last:

@@ -17,9 +17,12 @@ class UniformNoise:
     name = "noise"
 
     def __init__(
-        self, shape: tuple[int, int, int], batch_size: int = 64, seed: int = 0,
+        self,
+        shape: tuple[int, int, int],
+        batch_size: int = 64,
+        seed: int = 0,
         checkpoints: tuple[int, ...] = (),
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.shape = tuple(shape)
         self.batch_size = batch_size
         self.seed = seed

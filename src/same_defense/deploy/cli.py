@@ -84,12 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     files = render_files(settings_from_args(args))
     if args.check:
-        stale = [n for n, t in files.items() if not (args.out / n).exists()
-                 or (args.out / n).read_text() != t]  # fmt: skip
+        stale = [
+            n
+            for n, t in files.items()
+            if not (args.out / n).exists() or (args.out / n).read_text() != t
+        ]
         extra = sorted({p.name for p in args.out.glob("*.yaml")} - set(files))
         if stale or extra:
-            print(f"same-deploy: {args.out} is stale: {', '.join(stale + extra)}; run same-deploy",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"same-deploy: {args.out} is stale: {', '.join(stale + extra)}; run same-deploy",
+                file=sys.stderr,
+            )
             return 1
         print(f"same-deploy: {args.out} matches a fresh render ({len(files)} files)")
         return 0

@@ -32,16 +32,25 @@ from .shapes import (
 def gateway_args(s: DeploySettings) -> list[str]:
     upstream = f"{TRITON}.{s.namespace}.svc:{TRITON_GRPC_PORT}"
     return [
-        "--listen", f"0.0.0.0:{GATEWAY_GRPC_PORT}",
-        "--http-listen", f"0.0.0.0:{GATEWAY_HTTP_PORT}",
-        "--upstream", upstream,
-        "--upstream-key", f"{UPSTREAM_KEY_HEADER}=$(SAME_GATEWAY_KEY)",
-        "--manifest", f"/calibration/{MANIFEST_NAME}",
-        "--keys", "/etc/same/keys/keys.json",
-        "--redis", s.redis_target,
-        "--on-store-error", s.on_store_error,
-        "--metrics-port", str(GATEWAY_METRICS_PORT),
-    ]  # fmt: skip
+        "--listen",
+        f"0.0.0.0:{GATEWAY_GRPC_PORT}",
+        "--http-listen",
+        f"0.0.0.0:{GATEWAY_HTTP_PORT}",
+        "--upstream",
+        upstream,
+        "--upstream-key",
+        f"{UPSTREAM_KEY_HEADER}=$(SAME_GATEWAY_KEY)",
+        "--manifest",
+        f"/calibration/{MANIFEST_NAME}",
+        "--keys",
+        "/etc/same/keys/keys.json",
+        "--redis",
+        s.redis_target,
+        "--on-store-error",
+        s.on_store_error,
+        "--metrics-port",
+        str(GATEWAY_METRICS_PORT),
+    ]
 
 
 def gateway_deployment(s: DeploySettings) -> dict:
@@ -75,23 +84,26 @@ def gateway_deployment(s: DeploySettings) -> dict:
         "args": [
             f"TCP-LISTEN:{METRICS_PROXY_PORT},fork,reuseaddr",
             f"TCP:127.0.0.1:{GATEWAY_METRICS_PORT}",
-        ],  # fmt: skip
+        ],
         "ports": [{"name": "metrics", "containerPort": METRICS_PROXY_PORT}],
         "resources": {
             "requests": {"cpu": "10m", "memory": "16Mi"},
             "limits": {"memory": "64Mi"},
-        },  # fmt: skip
+        },
         "securityContext": _hardened(10001),
     }
     init = {
         "name": "calibration",
         "image": s.repository_image,
-        "command": ["sh", "-c",
-                    f"cp {REPOSITORY_IN_IMAGE}/defense/1/{MANIFEST_NAME} /calibration/"],
+        "command": [
+            "sh",
+            "-c",
+            f"cp {REPOSITORY_IN_IMAGE}/defense/1/{MANIFEST_NAME} /calibration/",
+        ],
         "securityContext": _hardened(10001),
         "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}},
         "volumeMounts": [{"name": "calibration", "mountPath": "/calibration"}],
-    }  # fmt: skip
+    }
     pod = {
         "initContainers": [init],
         "containers": [gateway, metrics],
@@ -112,7 +124,12 @@ def gateway_service(s: DeploySettings) -> dict:
 
 
 def gateway_hpa(s: DeploySettings) -> dict:
-    cpu = {"type": "Resource", "resource": {"name": "cpu", "target": {
-        "type": "Utilization", "averageUtilization": s.gateway_cpu_utilization}}}  # fmt: skip
+    cpu = {
+        "type": "Resource",
+        "resource": {
+            "name": "cpu",
+            "target": {"type": "Utilization", "averageUtilization": s.gateway_cpu_utilization},
+        },
+    }
     rate = _pods_metric(GATEWAY_RATE_METRIC, s.gateway_requests_per_s_target)
     return _hpa(GATEWAY, s, s.gateway_replicas, s.gateway_max_replicas, [cpu, rate])

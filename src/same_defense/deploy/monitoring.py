@@ -19,8 +19,10 @@ def adapter_rules() -> str:
     Triton's queue time is cumulative microseconds; divided by requests over the same window
     it is the mean wait per request of the ``reconstructor``, the ensemble's costliest step.
     """
-    labels = "resources:\n    overrides:\n      namespace: {resource: namespace}\n" \
-             "      pod: {resource: pod}\n"  # fmt: skip
+    labels = (
+        "resources:\n    overrides:\n      namespace: {resource: namespace}\n"
+        "      pod: {resource: pod}\n"
+    )
     queue = (
         'sum(rate(nv_inference_queue_duration_us{<<.LabelMatchers>>,model="reconstructor"}[1m]))'
         " by (<<.GroupBy>>) / clamp_min(sum(rate(nv_inference_request_success"
@@ -41,5 +43,9 @@ def adapter_rules() -> str:
 
 
 def adapter_config_map(s: DeploySettings) -> dict:
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(ADAPTER_RULES, s),
-            "data": {"rules.yaml": adapter_rules()}}  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(ADAPTER_RULES, s),
+        "data": {"rules.yaml": adapter_rules()},
+    }

@@ -36,7 +36,7 @@ def redis_objects(s: DeploySettings) -> list[dict]:
             "noeviction",
             "--port",
             str(REDIS_PORT),
-        ],  # fmt: skip
+        ],
         "ports": [{"name": "redis", "containerPort": REDIS_PORT}],
         "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 5},
         "livenessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 10},
@@ -64,7 +64,7 @@ def redis_objects(s: DeploySettings) -> list[dict]:
                         "resources": {"requests": {"storage": "1Gi"}},
                     },
                 }
-            ],  # fmt: skip
+            ],
         },
     }
     service = _service(REDIS, s, [("redis", REDIS_PORT)])
@@ -75,22 +75,29 @@ def redis_objects(s: DeploySettings) -> list[dict]:
 def network_policies(s: DeploySettings) -> list[dict]:
     """Triton and Redis admit only gateway pods (and Prometheus, for Triton's metrics)."""
     gateways = {"podSelector": {"matchLabels": _selector(GATEWAY)}}
-    prometheus = {"namespaceSelector": {"matchLabels": {
-        "kubernetes.io/metadata.name": "monitoring"}}}  # fmt: skip
+    prometheus = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
 
     def policy(name: str, rules: list[dict]) -> dict:
         return {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
             "metadata": _meta(f"{name}-ingress", s),
-            "spec": {"podSelector": {"matchLabels": _selector(name)},
-                     "policyTypes": ["Ingress"], "ingress": rules},
-        }  # fmt: skip
+            "spec": {
+                "podSelector": {"matchLabels": _selector(name)},
+                "policyTypes": ["Ingress"],
+                "ingress": rules,
+            },
+        }
 
-    triton = policy(TRITON, [
-        {"from": [gateways], "ports": [{"port": TRITON_GRPC_PORT}]},
-        {"from": [prometheus], "ports": [{"port": TRITON_METRICS_PORT}]},
-    ])  # fmt: skip
+    triton = policy(
+        TRITON,
+        [
+            {"from": [gateways], "ports": [{"port": TRITON_GRPC_PORT}]},
+            {"from": [prometheus], "ports": [{"port": TRITON_METRICS_PORT}]},
+        ],
+    )
     out = [triton]
     if s.redis_url is None:
         out.append(policy(REDIS, [{"from": [gateways], "ports": [{"port": REDIS_PORT}]}]))

@@ -65,13 +65,13 @@ def render(s: DeploySettings | None = None) -> dict[str, list[dict]]:
             triton_service(s),
             _pdb(TRITON, s),
             triton_hpa(s),
-        ],  # fmt: skip
+        ],
         "20-gateway.yaml": [
             gateway_deployment(s),
             gateway_service(s),
             _pdb(GATEWAY, s),
             gateway_hpa(s),
-        ],  # fmt: skip
+        ],
         "40-network-policy.yaml": network_policies(s),
         "50-monitoring.yaml": [adapter_config_map(s)],
     }

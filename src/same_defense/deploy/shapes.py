@@ -30,8 +30,11 @@ def _selector(name: str) -> dict[str, str]:
 
 def _scrape(port: int) -> dict[str, str]:
     """Annotations of Prometheus' usual ``kubernetes-pods`` scrape job."""
-    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
-            "prometheus.io/path": "/metrics"}  # fmt: skip
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": "/metrics",
+    }
 
 
 def _key_env() -> dict:
@@ -42,8 +45,12 @@ def _key_env() -> dict:
 
 
 def _http_probe(path: str, port: str, period: int, failures: int) -> dict:
-    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period,
-            "timeoutSeconds": 3, "failureThreshold": failures}  # fmt: skip
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    }
 
 
 def _hardened(user: int) -> dict:
@@ -66,7 +73,7 @@ def _deployment(name: str, s: DeploySettings, replicas: int, pod: dict, annotati
             "strategy": {
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-            },  # fmt: skip
+            },
             "template": {
                 "metadata": {"labels": _labels(name), "annotations": annotations},
                 "spec": pod,
@@ -82,11 +89,18 @@ def _service(name: str, s: DeploySettings, ports: list[tuple[str, int]]) -> dict
         "metadata": _meta(name, s),
         "spec": {
             "selector": _selector(name),
-            "ports": [{"name": n, "port": p, "targetPort": n, "protocol": "TCP",
-                       **({"appProtocol": "grpc"} if n == "grpc" else {})}
-                      for n, p in ports],
+            "ports": [
+                {
+                    "name": n,
+                    "port": p,
+                    "targetPort": n,
+                    "protocol": "TCP",
+                    **({"appProtocol": "grpc"} if n == "grpc" else {}),
+                }
+                for n, p in ports
+            ],
         },
-    }  # fmt: skip
+    }
 
 
 def _pdb(name: str, s: DeploySettings) -> dict:
@@ -116,5 +130,10 @@ def _hpa(name: str, s: DeploySettings, low: int, high: int, metrics: list[dict])
 
 
 def _pods_metric(name: str, value: int) -> dict:
-    return {"type": "Pods", "pods": {"metric": {"name": name},
-            "target": {"type": "AverageValue", "averageValue": str(value)}}}  # fmt: skip
+    return {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": name},
+            "target": {"type": "AverageValue", "averageValue": str(value)},
+        },
+    }

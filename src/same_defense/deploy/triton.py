@@ -126,17 +126,29 @@ def triton_deployment(s: DeploySettings) -> dict:
     }
     if s.gpu:
         pod["nodeSelector"] = {"nvidia.com/gpu.present": "true"}
-        pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists",
-                               "effect": "NoSchedule"}]  # fmt: skip
+        pod["tolerations"] = [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
     return _deployment(TRITON, s, s.triton_replicas, pod, _scrape(TRITON_METRICS_PORT))
 
 
 def triton_service(s: DeploySettings) -> dict:
-    return _service(TRITON, s, [
-        ("grpc", TRITON_GRPC_PORT), ("http", TRITON_HTTP_PORT), ("metrics", TRITON_METRICS_PORT),
-    ])  # fmt: skip
+    return _service(
+        TRITON,
+        s,
+        [
+            ("grpc", TRITON_GRPC_PORT),
+            ("http", TRITON_HTTP_PORT),
+            ("metrics", TRITON_METRICS_PORT),
+        ],
+    )
 
 
 def triton_hpa(s: DeploySettings) -> dict:
-    return _hpa(TRITON, s, s.triton_replicas, s.triton_max_replicas,
-                [_pods_metric(TRITON_QUEUE_METRIC, s.triton_queue_us_target)])  # fmt: skip
+    return _hpa(
+        TRITON,
+        s,
+        s.triton_replicas,
+        s.triton_max_replicas,
+        [_pods_metric(TRITON_QUEUE_METRIC, s.triton_queue_us_target)],
+    )

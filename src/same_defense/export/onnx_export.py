@@ -25,9 +25,15 @@ def export_onnx(model: nn.Module, example: np.ndarray, path: Path, io: tuple[lis
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but exact
         torch.onnx.export(
-            model, (torch.from_numpy(example),), str(path), input_names=inputs,
-            output_names=outputs, dynamic_axes=axes, opset_version=OPSET, dynamo=False,
-        )  # fmt: skip
+            model,
+            (torch.from_numpy(example),),
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
     onnx.checker.check_model(onnx.load(str(path)))
     return path
 
@@ -114,9 +120,14 @@ def reconstructor_variant(
         # Only the matrix products: quantizing everything also put the input checks (NaN,
         # infinity, pixel range in INPUT_STATS) through int8, where NaN and 255 vanish.
         quantize_static(
-            str(source), str(out), _CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
-            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            str(source),
+            str(out),
+            _CalibrationReader(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul", "Gemm", "Conv"],
-        )  # fmt: skip
+        )
     onnx.checker.check_model(onnx.load(str(out)))
     return out

@@ -57,10 +57,15 @@ class ProtectedService:
     def upstream(self, key: tuple[str, str]) -> EmbeddedTriton:
         """The Triton this deployment runs, locked with ``key`` (not started)."""
         return EmbeddedTriton(
-            self.repository, grpc_port=free_port(), metrics_port=self.metrics_port,
-            http_port=self.triton_http_port or 0, allow_http=self.triton_http_port is not None,
-            log_file=self.log_file, workdir=self.workdir, restricted_key=key,
-        )  # fmt: skip
+            self.repository,
+            grpc_port=free_port(),
+            metrics_port=self.metrics_port,
+            http_port=self.triton_http_port or 0,
+            allow_http=self.triton_http_port is not None,
+            log_file=self.log_file,
+            workdir=self.workdir,
+            restricted_key=key,
+        )
 
     def start(self, timeout: float = 180.0) -> ProtectedService:
         self.triton = self.upstream((KEY_HEADER, secrets.token_hex(16))).start(timeout)

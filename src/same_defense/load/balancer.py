@@ -128,19 +128,40 @@ class Nginx:
                 path.parent.chmod(0o755)
         self.config_path.write_text(render_config(self.prefix, self.tiers, user))
         test = subprocess.run(
-            [binary, "-t", "-q", "-p", str(self.prefix), "-e", str(self.prefix / "error.log"),
-             "-c", str(self.config_path)],
-            capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                binary,
+                "-t",
+                "-q",
+                "-p",
+                str(self.prefix),
+                "-e",
+                str(self.prefix / "error.log"),
+                "-c",
+                str(self.config_path),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if test.returncode != 0:
             raise BalancerError(f"nginx refused {self.config_path}:\n{test.stderr.strip()}")
         # daemon off: nginx stays our child, so stop() and a crash of this process end it.
         with open(self.prefix / "stderr.log", "wb") as stderr:
             self.process = subprocess.Popen(
-                [binary, "-p", str(self.prefix), "-e", str(self.prefix / "error.log"),
-                 "-c", str(self.config_path), "-g", "daemon off;"],
-                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
-            )  # fmt: skip
+                [
+                    binary,
+                    "-p",
+                    str(self.prefix),
+                    "-e",
+                    str(self.prefix / "error.log"),
+                    "-c",
+                    str(self.config_path),
+                    "-g",
+                    "daemon off;",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout_s
         pending = [t.listen for t in self.tiers]
         while pending and time.monotonic() < deadline:
@@ -168,8 +189,11 @@ class Nginx:
         if not path.exists():
             return []
         keys = ("upstream", "no live upstreams")
-        return [line for line in path.read_text(errors="replace").splitlines() if any(
-            k in line for k in keys)]  # fmt: skip
+        return [
+            line
+            for line in path.read_text(errors="replace").splitlines()
+            if any(k in line for k in keys)
+        ]
 
     def stop(self) -> None:
         if self.process is None:

@@ -106,23 +106,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="seconds before each window")
     p.add_argument("--duration", type=float, default=5.0, help="seconds measured per cell")
     p.add_argument(
-        "--inprocess-threads", type=int, default=1,
+        "--inprocess-threads",
+        type=int,
+        default=1,
         help="onnxruntime intra-op threads in-process (1 = what each served instance uses)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--url", help="benchmark this running server instead of starting one (host:grpc_port)"
     )
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="serve a temporary copy of the repository with this ServingSettings field "
         "changed (repeatable), e.g. --set reconstructor_instances=2",
-    )  # fmt: skip
+    )
     p.add_argument("--log-file", type=Path, default=Path("logs/bench-tritonserver.log"))
     p.add_argument("--no-resnet18", dest="resnet18", action="store_false")
     p.add_argument(
-        "--resnet18-repository", type=Path, default=RESNET18_REPOSITORY,
+        "--resnet18-repository",
+        type=Path,
+        default=RESNET18_REPOSITORY,
         help="the ResNet-18 build (made here with one epoch per stage if missing)",
-    )  # fmt: skip
+    )
     p.add_argument("--resnet18-concurrency", type=int, nargs="+", default=[4, 16])
     return p.parse_args(argv)
 
@@ -132,18 +140,23 @@ def resnet18_pass(args: argparse.Namespace) -> dict:
     if not (args.resnet18_repository / "defense" / "1" / "same_calibration.json").exists():
         out = args.resnet18_repository.parent
         # One epoch on 1,000 images: a timing build (victim accuracy is near chance).
-        cmd = [
-            sys.executable, "-m", "same_defense.export.build", "--victim-arch", "resnet18",
-            "--max-train", "1000", "--victim-epochs", "1", "--mae-epochs", "1",
-            "--shadow-epochs", "1", "--repository", str(args.resnet18_repository),
-            "--artifacts", str(out / "artifacts"), "--report", str(out / "build.json"), "--quiet",
-        ]  # fmt: skip
+        cmd = [sys.executable, "-m", "same_defense.export.build", "--victim-arch", "resnet18"]
+        cmd += ["--max-train", "1000", "--victim-epochs", "1", "--mae-epochs", "1"]
+        cmd += ["--shadow-epochs", "1", "--repository", str(args.resnet18_repository)]
+        cmd += ["--artifacts", str(out / "artifacts"), "--report", str(out / "build.json")]
+        cmd += ["--quiet"]
         print(f"== building the ResNet-18 timing repository: {' '.join(cmd)}", flush=True)
         subprocess.run(cmd, check=True)
     sub = argparse.Namespace(
-        **{**vars(args), "repository": args.resnet18_repository, "targets": list(SERVED),
-           "concurrency": args.resnet18_concurrency, "overrides": [], "url": None},
-    )  # fmt: skip
+        **{
+            **vars(args),
+            "repository": args.resnet18_repository,
+            "targets": list(SERVED),
+            "concurrency": args.resnet18_concurrency,
+            "overrides": [],
+            "url": None,
+        },
+    )
     report = run(sub, account_layer=False)
     keep = ("config", "failed_requests", "results", "ratios", "saturation", "goals")
     return {"victim_architecture": "resnet18", "timing_build": True} | {k: report[k] for k in keep}
@@ -163,9 +176,14 @@ def measure_grid(
         for c in args.concurrency:
             for target in args.targets:
                 r = measure_cell(
-                    factories[target], batches, c, args.warmup, args.duration,
-                    url if target in SERVED + GATEWAY else None, server_pids,
-                )  # fmt: skip
+                    factories[target],
+                    batches,
+                    c,
+                    args.warmup,
+                    args.duration,
+                    url if target in SERVED + GATEWAY else None,
+                    server_pids,
+                )
                 results[target].setdefault(str(b), {})[str(c)] = r
                 cpu = r["cpu_ms_per_image"]
                 if r["errors"]:
@@ -197,9 +215,12 @@ def run(args: argparse.Namespace, account_layer: bool = True) -> dict:
         url = args.url
         if served and not url:
             server = EmbeddedTriton(
-                repository, grpc_port=free_port(), http_port=free_port(),
-                metrics_port=free_port(), log_file=args.log_file,
-            ).start()  # fmt: skip
+                repository,
+                grpc_port=free_port(),
+                http_port=free_port(),
+                metrics_port=free_port(),
+                log_file=args.log_file,
+            ).start()
             url = server.grpc_url
             server_pids = [server.process.pid]
             print(f"== serving on {url} (log {args.log_file})", flush=True)
@@ -242,7 +263,7 @@ def run(args: argparse.Namespace, account_layer: bool = True) -> dict:
             for by_batch in results.values()
             for by_conc in by_batch.values()
             for cell in by_conc.values()
-        ),  # fmt: skip
+        ),
         "results": results,
         **derived,
         "goals": goals(results, derived, args.batch_sizes, args.concurrency),

@@ -77,8 +77,9 @@ def derive(
     # what throughput sees; CPU time per image is the same split, far less disturbed by
     # other tenants of a shared machine.
     floor_wall = {t: best(t, batch_sizes) for t in IN_PROCESS}
-    floor_cpu = {t: min((cpu_us(x) for x in cells_of(t, batch_sizes)), default=None)
-                 for t in IN_PROCESS}  # fmt: skip
+    floor_cpu = {
+        t: min((cpu_us(x) for x in cells_of(t, batch_sizes)), default=None) for t in IN_PROCESS
+    }
     saturation: dict = {}
     for b in [*batch_sizes, "peak"]:
         sizes = batch_sizes if b == "peak" else [b]
@@ -90,14 +91,18 @@ def derive(
             local_same, local_victim = floor_wall["inprocess_same"], floor_wall["inprocess_victim"]
             if local_same and local_victim:
                 entry["gap_wall"] = gap_breakdown(
-                    same["images_per_s"], victim["images_per_s"],
-                    local_same["images_per_s"], local_victim["images_per_s"],
-                )  # fmt: skip
+                    same["images_per_s"],
+                    victim["images_per_s"],
+                    local_same["images_per_s"],
+                    local_victim["images_per_s"],
+                )
             if server_cpu and floor_cpu["inprocess_same"] and floor_cpu["inprocess_victim"]:
                 entry["gap_cpu"] = cost_breakdown(
-                    cpu_us(same), cpu_us(victim),
-                    floor_cpu["inprocess_same"], floor_cpu["inprocess_victim"],
-                )  # fmt: skip
+                    cpu_us(same),
+                    cpu_us(victim),
+                    floor_cpu["inprocess_same"],
+                    floor_cpu["inprocess_victim"],
+                )
         saturation[str(b)] = entry
     saturation["compute_floor"] = {
         t: {

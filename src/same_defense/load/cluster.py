@@ -103,6 +103,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _faults(cluster, settings, args, data_file, locust_keys, probes, data) -> dict:
+    """Locust under load while a Triton and then a gateway are killed and restarted."""
+    third = args.fault_run_time / 4
+    honest = HonestClients(cluster.url, probes["honest"], data["benign"][:200])
+    faults = measured_run(
+        cluster,
+        replace(settings, run_time_s=args.fault_run_time),
+        data_file,
+        locust_keys,
+        args.out / "faults",
+        during=fault_schedule(cluster, third, 2.2 * third, down_s=2.0, honest=honest),
+    )
+    faults["rejoined"] = rejoined(faults["faults"])
+    faults["thief_still_suspected"] = (
+        RedisStore(cluster.redis.url).get("thief").suspected_at_query > 0
+    )
+    faults["nginx_upstream_log_lines"] = len(cluster.balancer.upstream_errors())
+    return faults
+
+
+def _redis_outages(cluster, probes, images, outage_s: float) -> dict:
+    """Redis frozen with the gateways failing closed, then open; suspicion must survive."""
+    outages = {"closed": redis_outage(cluster, probes["honest"], images, outage_s)}
+    cluster.restart_gateways("open")
+    outages["open"] = redis_outage(cluster, probes["honest"], images, outage_s)
+    outages["thief_suspected_after"] = (
+        RedisStore(cluster.redis.url).get("thief").suspected_at_query > 0
+    )
+    return outages
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     manifest = ensure_repository(args.repository)
@@ -113,9 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     np.savez(data_file, **data)
     keys_file, locust_keys, probes = provision_keys(workdir, args.users)
     settings = LoadSettings(
-        users=args.users, spawn_rate=args.spawn_rate, run_time_s=args.run_time,
-        workers=args.workers, repository=args.repository,
-    )  # fmt: skip
+        users=args.users,
+        spawn_rate=args.spawn_rate,
+        run_time_s=args.run_time,
+        workers=args.workers,
+        repository=args.repository,
+    )
     report: dict = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()},
@@ -138,34 +172,21 @@ def main(argv: list[str] | None = None) -> int:
             report["cluster_vs_single"] = compare(report["single"], report["cluster"])
             print("== cross-path: thief via gateway 0, answers via gateway 1", flush=True)
             report["cross_path"] = cross_path(
-                cluster, "thief", probes["thief"], probes["honest"],
-                data["synthetic"], data["benign"][:64],
-            )  # fmt: skip
+                cluster,
+                "thief",
+                probes["thief"],
+                probes["honest"],
+                data["synthetic"],
+                data["benign"][:64],
+            )
             print("== faults under load: kill a Triton, then a gateway", flush=True)
-            third = args.fault_run_time / 4
-            faults = measured_run(
-                cluster, replace(settings, run_time_s=args.fault_run_time), data_file,
-                locust_keys, args.out / "faults",
-                during=fault_schedule(
-                    cluster, third, 2.2 * third, down_s=2.0,
-                    honest=HonestClients(cluster.url, probes["honest"], data["benign"][:200]),
-                ),
-            )  # fmt: skip
-            faults["rejoined"] = rejoined(faults["faults"])
-            faults["thief_still_suspected"] = (
-                RedisStore(cluster.redis.url).get("thief").suspected_at_query > 0
+            report["faults"] = _faults(
+                cluster, settings, args, data_file, locust_keys, probes, data
             )
-            faults["nginx_upstream_log_lines"] = len(cluster.balancer.upstream_errors())
-            report["faults"] = faults
             print("== Redis frozen: fail closed, then fail open", flush=True)
-            images = data["benign"][:4]
-            outages = {"closed": redis_outage(cluster, probes["honest"], images, args.outage)}
-            cluster.restart_gateways("open")
-            outages["open"] = redis_outage(cluster, probes["honest"], images, args.outage)
-            outages["thief_suspected_after"] = (
-                RedisStore(cluster.redis.url).get("thief").suspected_at_query > 0
+            report["redis_outage"] = _redis_outages(
+                cluster, probes, data["benign"][:4], args.outage
             )
-            report["redis_outage"] = outages
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report["checks"] = checks(report)

@@ -120,7 +120,7 @@ def redis_outage(
                 "statuses": sorted({s for _, s in p}),
             }
             for p in during
-        ],  # fmt: skip
+        ],
         "served_after": [ok for ok, _ in after],
     }
 
@@ -177,5 +177,9 @@ class HonestClients:
         self._stop.set()
         for t in self._threads:
             t.join(60)
-        return {"calls": self.calls, "retried": self.retried, "failed": len(self.failures),
-                "failures": self.failures[:5]}  # fmt: skip
+        return {
+            "calls": self.calls,
+            "retried": self.retried,
+            "failed": len(self.failures),
+            "failures": self.failures[:5],
+        }

@@ -38,30 +38,75 @@ class LoadSettings:
 
 def locustfile_options(s: LoadSettings, data_file: Path, keys_file: Path) -> list[str]:
     return [
-        "-f", str(locustfile()), "--target-model", "same", "--repository", str(s.repository),
-        "--data-file", str(data_file), "--keys-file", str(keys_file),
-        "--benign-weight", str(s.benign_weight), "--synthetic-weight", str(s.synthetic_weight),
-        "--proxy-weight", str(s.proxy_weight), "--attack-batch", str(s.attack_batch),
-        "--attack-burst", str(s.attack_burst),
-    ]  # fmt: skip
+        "-f",
+        str(locustfile()),
+        "--target-model",
+        "same",
+        "--repository",
+        str(s.repository),
+        "--data-file",
+        str(data_file),
+        "--keys-file",
+        str(keys_file),
+        "--benign-weight",
+        str(s.benign_weight),
+        "--synthetic-weight",
+        str(s.synthetic_weight),
+        "--proxy-weight",
+        str(s.proxy_weight),
+        "--attack-batch",
+        str(s.attack_batch),
+        "--attack-burst",
+        str(s.attack_burst),
+    ]
 
 
 def master_command(s: LoadSettings, host: str, port: int, prefix: Path, options: list[str]):
     return [
-        sys.executable, "-m", "locust", *options, "--master", "--headless",
-        "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
-        "--expect-workers", str(s.workers), "--expect-workers-max-wait", "120",
-        "-u", str(s.users), "-r", str(s.spawn_rate), "-t", f"{s.run_time_s}s",
-        "--host", host, "--csv", str(prefix), "--html", f"{prefix}.html",
-        "--only-summary", "--stop-timeout", "5",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "locust",
+        *options,
+        "--master",
+        "--headless",
+        "--master-bind-host",
+        "127.0.0.1",
+        "--master-bind-port",
+        str(port),
+        "--expect-workers",
+        str(s.workers),
+        "--expect-workers-max-wait",
+        "120",
+        "-u",
+        str(s.users),
+        "-r",
+        str(s.spawn_rate),
+        "-t",
+        f"{s.run_time_s}s",
+        "--host",
+        host,
+        "--csv",
+        str(prefix),
+        "--html",
+        f"{prefix}.html",
+        "--only-summary",
+        "--stop-timeout",
+        "5",
+    ]
 
 
 def worker_command(port: int, options: list[str]) -> list[str]:
     return [
-        sys.executable, "-m", "locust", *options, "--worker",
-        "--master-host", "127.0.0.1", "--master-port", str(port),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "locust",
+        *options,
+        "--worker",
+        "--master-host",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+    ]
 
 
 @dataclass
@@ -84,8 +129,10 @@ class DistributedRun:
         # Own sessions: a timeout kills Locust's process groups, nothing else.
         self.master = subprocess.Popen(
             master_command(self.settings, self.host, port, self.prefix, options),
-            stdout=self._logs[0], stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            stdout=self._logs[0],
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.workers = []
         for i in range(self.settings.workers):
             log = open(f"{self.prefix}.worker{i}.log", "w")  # noqa: SIM115
@@ -96,7 +143,7 @@ class DistributedRun:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                )  # fmt: skip
+                )
             )
         return self
 

@@ -69,21 +69,46 @@ def plan(args: argparse.Namespace) -> list[Step]:
     py = sys.executable
     repo = repository_of(args)
     build = [
-        py, "-m", "same_defense.export.build", "--preset", args.preset, "--device", args.device,
-        "--repository", str(repo), "--artifacts", str(args.workdir / "artifacts"),
-        "--report", str(args.workdir / "build.json"), "--quiet",
-    ]  # fmt: skip
+        py,
+        "-m",
+        "same_defense.export.build",
+        "--preset",
+        args.preset,
+        "--device",
+        args.device,
+        "--repository",
+        str(repo),
+        "--artifacts",
+        str(args.workdir / "artifacts"),
+        "--report",
+        str(args.workdir / "build.json"),
+        "--quiet",
+    ]
     for flag in ("mae_epochs", "victim_epochs", "shadow_epochs"):
         if getattr(args, flag):
             build += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     bench = [
-        py, "-m", "same_defense.load.bench", "--repository", str(repo), "--set", GPU_OVERRIDE,
-        "--output", str(args.workdir / "bench.json"), *args.bench_args.split(),
-    ]  # fmt: skip
+        py,
+        "-m",
+        "same_defense.load.bench",
+        "--repository",
+        str(repo),
+        "--set",
+        GPU_OVERRIDE,
+        "--output",
+        str(args.workdir / "bench.json"),
+        *args.bench_args.split(),
+    ]
     evaluate = [
-        py, "-m", "same_defense.evaluation.run", "--repository", str(repo),
-        "--out-dir", str(args.workdir / "evaluation"), *args.evaluate_args.split(),
-    ]  # fmt: skip
+        py,
+        "-m",
+        "same_defense.evaluation.run",
+        "--repository",
+        str(repo),
+        "--out-dir",
+        str(args.workdir / "evaluation"),
+        *args.evaluate_args.split(),
+    ]
     steps = [] if args.skip_build else [Step("build", build)]
     return [*steps, Step("bench", bench), Step("evaluate", evaluate)]
 

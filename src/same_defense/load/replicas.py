@@ -63,12 +63,27 @@ class GatewayReplica:
     def command(self) -> list[str]:
         key, value = self.upstream_key
         return [
-            sys.executable, "-m", "same_defense.gateway.cli", "--listen", self.url, "--no-http",
-            "--upstream", self.upstream, "--upstream-key", f"{key}={value}",
-            "--manifest", str(self.manifest), "--keys", str(self.keys_file),
-            "--redis", self.redis_url, "--on-store-error", self.on_store_error,
-            "--metrics-port", str(self.metrics_port),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "same_defense.gateway.cli",
+            "--listen",
+            self.url,
+            "--no-http",
+            "--upstream",
+            self.upstream,
+            "--upstream-key",
+            f"{key}={value}",
+            "--manifest",
+            str(self.manifest),
+            "--keys",
+            str(self.keys_file),
+            "--redis",
+            self.redis_url,
+            "--on-store-error",
+            self.on_store_error,
+            "--metrics-port",
+            str(self.metrics_port),
+        ]
 
     def start(self, probe_key: str, timeout_s: float = 60.0) -> GatewayReplica:
         """Start and wait until ``same`` is ready through it (``probe_key``: any valid key)."""
@@ -184,7 +199,7 @@ class Cluster:
                 log_file=self.workdir / f"triton-{i}.log",
                 workdir=self.workdir / f"triton-{i}",
                 restricted_key=key,
-            )  # fmt: skip
+            )
             for i in range(self.tritons)
         ]
         # Loading is mostly waiting on Python stubs: start the servers side by side.
@@ -192,8 +207,9 @@ class Cluster:
             list(pool.map(lambda s: s.start(timeout_s), self.servers))
         if not self.balanced and (self.tritons, self.gateways) != (1, 1):
             raise ClusterError("balanced=False is the one-server, one-gateway deployment")
-        internal = Tier("tritons", f"127.0.0.1:{self.internal_port}",
-                        tuple(s.grpc_url for s in self.servers))  # fmt: skip
+        internal = Tier(
+            "tritons", f"127.0.0.1:{self.internal_port}", tuple(s.grpc_url for s in self.servers)
+        )
         upstream = internal.listen if self.balanced else self.servers[0].grpc_url
         self.replicas = [
             GatewayReplica(
@@ -205,7 +221,7 @@ class Cluster:
                 self.redis.url,
                 self.workdir / f"gateway-{i}.log",
                 self.on_store_error,
-            )  # fmt: skip
+            )
             for i in range(self.gateways)
         ]
         if self.balanced:

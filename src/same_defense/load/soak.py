@@ -97,9 +97,10 @@ def window_means(samples: list[dict], duration_s: float, window_s: float = WINDO
         if a and b:
             start, end = np.mean(a) / 2**20, np.mean(b) / 2**20
             out["stubs"][name] = {
-                "start_mib": round(start, 1), "end_mib": round(end, 1),
+                "start_mib": round(start, 1),
+                "end_mib": round(end, 1),
                 "growth": round(end / start - 1, 4),
-            }  # fmt: skip
+            }
     return out
 
 

@@ -154,11 +154,25 @@ def build_preset(name: str, repository: Path, variants_dir: Path) -> None:
         )
     out = variants_dir / name
     cmd = [
-        sys.executable, "-m", "same_defense.export.build", "--preset", name,
-        "--data", manifest["dataset"], "--victim-arch", manifest["victim_architecture"],
-        "--victim-checkpoint", str(checkpoint), "--repository", str(out / "model_repository"),
-        "--artifacts", str(out / "artifacts"), "--report", str(out / "build.json"), "--quiet",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "same_defense.export.build",
+        "--preset",
+        name,
+        "--data",
+        manifest["dataset"],
+        "--victim-arch",
+        manifest["victim_architecture"],
+        "--victim-checkpoint",
+        str(checkpoint),
+        "--repository",
+        str(out / "model_repository"),
+        "--artifacts",
+        str(out / "artifacts"),
+        "--report",
+        str(out / "build.json"),
+        "--quiet",
+    ]
     log.info(" ".join(cmd))
     subprocess.run(cmd, check=True)
 

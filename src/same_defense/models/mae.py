@@ -42,7 +42,7 @@ MAE_PRESETS = {
         decoder_depth=4,
         decoder_heads=3,
         mlp_ratio=4.0,
-    ),  # fmt: skip
+    ),
     # The CIFAR-10 setting on CPU: the cpu MAE (patch 4: 64 patches at 32x32) with more
     # epochs for the harder data (see EPOCHS in export/build.py); the paper preset is GPU-sized.
     "cifar-cpu": MaeConfig(),
@@ -57,7 +57,7 @@ MAE_PRESETS = {
     # For tests: trains in seconds.
     "tiny": MaeConfig(
         patch=7, embed=32, depth=1, heads=2, decoder_embed=32, decoder_depth=1, decoder_heads=2
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -73,9 +73,14 @@ def fit_to_shape(config: MaeConfig, in_shape: tuple[int, int, int]) -> MaeConfig
 
 def _blocks(width: int, depth: int, heads: int, mlp_ratio: float) -> nn.TransformerEncoder:
     layer = nn.TransformerEncoderLayer(
-        width, heads, int(width * mlp_ratio), dropout=0.0, activation="gelu",
-        batch_first=True, norm_first=True,
-    )  # fmt: skip
+        width,
+        heads,
+        int(width * mlp_ratio),
+        dropout=0.0,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
+    )
     return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
 
 

@@ -22,16 +22,25 @@ class Cnn3(nn.Module):
         if min(in_shape[1:]) < 8:  # three 2x poolings would leave no pixel
             raise ValueError(f"cnn3 needs images of at least 8x8, got {in_shape}: use resnet18")
         self.features = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        )  # fmt: skip
+            nn.Conv2d(channels, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
         with torch.no_grad():
             flat = self.features(torch.zeros(1, *in_shape)).numel()
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(flat, 128), nn.ReLU(), nn.Dropout(0.25),
+            nn.Flatten(),
+            nn.Linear(flat, 128),
+            nn.ReLU(),
+            nn.Dropout(0.25),
             nn.Linear(128, num_classes),
-        )  # fmt: skip
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -41,9 +50,12 @@ class _BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
-        )  # fmt: skip
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
         self.skip = (
             nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
             if stride != 1 or cin != cout
@@ -60,8 +72,10 @@ class ResNet18(nn.Module):
     def __init__(self, in_shape: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()
         layers: list[nn.Module] = [
-            nn.Conv2d(in_shape[0], 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-        ]  # fmt: skip
+            nn.Conv2d(in_shape[0], 64, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+        ]
         cin = 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             layers += [_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)]

@@ -23,7 +23,7 @@ from ..gateway.options import add_account_arguments, options_from_args
 from .embedded import EmbeddedTriton, ServerError
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="same-serve",
         description=__doc__,
@@ -49,25 +49,37 @@ def main(argv: list[str] | None = None) -> int:
         "--gateway-metrics-port", type=int, default=8003, help="gateway's Prometheus (loopback)"
     )
     add_account_arguments(p)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     if args.direct:
         # No key exists in this mode, so an HTTP port could not be locked: keep it closed.
         service = EmbeddedTriton(
-            args.repository, grpc_port=args.grpc_port, allow_http=False,
-            metrics_port=args.metrics_port, log_file=args.log_file, host=args.host,
-        )  # fmt: skip
+            args.repository,
+            grpc_port=args.grpc_port,
+            allow_http=False,
+            metrics_port=args.metrics_port,
+            log_file=args.log_file,
+            host=args.host,
+        )
     else:
         from ..gateway.deployment import ProtectedService
 
         service = ProtectedService(
-            args.repository, public_host=args.host, public_port=args.grpc_port,
+            args.repository,
+            public_host=args.host,
+            public_port=args.grpc_port,
             http_port=None if args.no_http else args.http_port,
-            metrics_port=args.metrics_port, log_file=args.log_file,
-            accounts=options_from_args(args), gateway_metrics_port=args.gateway_metrics_port,
-        )  # fmt: skip
+            metrics_port=args.metrics_port,
+            log_file=args.log_file,
+            accounts=options_from_args(args),
+            gateway_metrics_port=args.gateway_metrics_port,
+        )
     if not args.direct and not args.anonymous and not args.keys.exists():
         print(
             f"same-serve: note: no key file at {args.keys}: every call will be refused "

@@ -178,9 +178,12 @@ class EmbeddedTriton:
         log = open(self.log_file, "ab")
         self._log_offset = log.tell()  # report only this run's lines
         self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=server_environment(),
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=server_environment(),
             start_new_session=True,
-        )  # fmt: skip
+        )
         log.close()
         try:
             self.wait_ready(timeout)
