@@ -61,7 +61,7 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
         choices=RECONSTRUCTOR_VARIANTS,
         default="float32",
         help="the reconstructor graph served: the exported float32 one or an onnxruntime "
-        "transformation of it (README, Performance; `make variants` measures them)",
+        "transformation of it (docs/performance.md; `make variants` measures them)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(

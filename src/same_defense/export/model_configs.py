@@ -28,7 +28,7 @@ class ServingSettings:
     class_names: tuple[str, ...] = tuple(str(i) for i in range(10))
     max_batch_size: int = 256
     policy: str = "misinformation"
-    # Tuned on 2 CPU cores with `make bench` (README, Performance). The reconstructor is
+    # Tuned on 2 CPU cores with `make bench` (docs/performance.md). The reconstructor is
     # about 6x the victim's compute: two instances let it use both cores at saturation.
     victim_instances: int = 1
     reconstructor_instances: int = 2
@@ -45,7 +45,8 @@ class ServingSettings:
     # keeps batches where onnxruntime is most efficient per image.
     onnx_preferred_batch_sizes: tuple[int, ...] = (64,)
     # Where the two ONNX models run: KIND_CPU, or KIND_GPU (onnxruntime's CUDA provider, in
-    # the native backend and in the embedded server's Python-based one; README, GPU path).
+    # the native backend and in the embedded server's Python-based one; docs/performance.md,
+    # GPU path).
     # The defense step is a few numpy operations per image and stays on the CPU.
     instance_kind: str = "KIND_CPU"
 

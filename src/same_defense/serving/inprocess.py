@@ -35,7 +35,8 @@ def providers_for(device: str) -> list:
     if "CUDAExecutionProvider" not in available:
         raise ValueError(
             f"device {device!r}: onnxruntime {ort.__version__} offers only {available}; "
-            "install onnxruntime-gpu (pip install 'same-defense[gpu]', README: GPU path)"
+            "install onnxruntime-gpu (pip install 'same-defense[gpu]'; docs/performance.md: "
+            "GPU path)"
         )
     return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
 

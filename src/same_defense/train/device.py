@@ -26,7 +26,7 @@ def resolve_device(name: str) -> torch.device:
     if torch.version.cuda is None:
         raise DeviceUnavailable(
             f"--device {name}: this torch ({torch.__version__}) is a CPU-only build; install a "
-            "CUDA build of torch 2.13.0 (see README, GPU path) or use --device cpu"
+            "CUDA build of torch 2.13.0 (see docs/performance.md, GPU path) or use --device cpu"
         )
     if not torch.cuda.is_available():
         raise DeviceUnavailable(

@@ -38,7 +38,8 @@ def execution_providers(kind, device_id, available):
         raise ValueError(
             f"instance kind GPU needs onnxruntime's {CUDA}, but onnxruntime {ort.__version__} "
             f"offers only {list(available)}: install onnxruntime-gpu (pip install "
-            "'same-defense[gpu]', README: GPU path) or serve with instance_kind=KIND_CPU"
+            "'same-defense[gpu]'; docs/performance.md: GPU path) or serve with "
+            "instance_kind=KIND_CPU"
         )
     return [(CUDA, {"device_id": int(device_id)}), CPU]
 
