@@ -29,6 +29,11 @@ class TrainConfig:
     device: str = "cpu"
 
 
+def _no_bar(config: TrainConfig) -> bool | None:
+    """tqdm's ``disable``: None shows a bar only on a terminal (a log file gets none)."""
+    return None if config.progress else True
+
+
 def _batches(n: int, batch_size: int, rng: np.random.Generator):
     order = rng.permutation(n)
     for start in range(0, n, batch_size):
@@ -94,7 +99,7 @@ def train_classifier(
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(images) / config.batch_size)
-    bar = tqdm(total=steps, desc=f"train {desc}", disable=not config.progress, unit="step")
+    bar = tqdm(total=steps, desc=f"train {desc}", disable=_no_bar(config), unit="step")
     step = 0
     for _ in range(config.epochs):
         model.train()
@@ -132,7 +137,7 @@ def train_mae(
     )
     per_epoch = math.ceil(len(images) / config.batch_size)
     steps = config.epochs * per_epoch
-    bar = tqdm(total=steps, desc="train MAE", disable=not config.progress, unit="step")
+    bar = tqdm(total=steps, desc="train MAE", disable=_no_bar(config), unit="step")
     step = 0
     ratio = mae.config.mask_ratio
     for _ in range(config.epochs):
@@ -190,7 +195,7 @@ def train_shadow(
     else:
         optimizer = torch.optim.Adam(shadow.parameters(), lr=config.lr)
     steps = config.epochs * math.ceil(len(images) / config.batch_size)
-    bar = tqdm(total=steps, desc="train shadow", disable=not config.progress, unit="step")
+    bar = tqdm(total=steps, desc="train shadow", disable=_no_bar(config), unit="step")
     step = 0
     for _ in range(config.epochs):
         shadow.train()
