@@ -96,10 +96,9 @@ def pipeline_for(repository: str):
 
 def run_one(config: AccountEvalConfig, attack: str, output: str, accounts: int, seed: int) -> dict:
     """One thief; ``accounts`` = 0 is the undefended reference, else the account layer."""
-    from ..attacks import CloneTrainer, InProcessOracle, LabelOnly, predict
+    from ..attacks import CloneTrainer, InProcessOracle, LabelOnly
     from .account_population import AccountOracle, account_service
     from .defenses import DefendedPipeline
-    from .metrics import clone_metrics
 
     start = time.perf_counter()
     logging.getLogger("same.accounts").setLevel(logging.ERROR)  # not one line per alarm
@@ -115,10 +114,9 @@ def run_one(config: AccountEvalConfig, attack: str, output: str, accounts: int, 
         service = account_service(pipeline.manifest)
         oracle = AccountOracle(pipeline, service, accounts, config.budget, graphs=ctx.graphs)
     result = thief.run(LabelOnly(oracle) if output == "labels" else oracle, trainer, output)
-    test = ctx.splits.test
     record = {"attack": attack, "output": output, "accounts": accounts, "seed": seed}
     record |= {"queries_used": result.queries_used}
-    record |= clone_metrics(predict(result.clone, test.images), ctx.victim_test_labels, test.labels)
+    record |= ctx.clone_metrics(result.clone)
     if accounts:
         record |= oracle.summary()
     return record | {"time_s": round(time.perf_counter() - start, 1)}

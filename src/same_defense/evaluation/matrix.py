@@ -11,7 +11,6 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 
-from ..attacks import predict
 from .setup import (
     CURVE_DEFENSES,
     INDIST,
@@ -77,7 +76,7 @@ def _run_defense(ctx, attack, trainer, name: str, dname: str, output: str, benig
     """One (attack, defense, output) run: ``(record, curve or None, the queries sent)``."""
     from ..attacks import InProcessOracle, LabelOnly
     from .defenses import DefendedPipeline
-    from .metrics import clone_metrics, detection_metrics
+    from .metrics import detection_metrics
 
     config = ctx.config
     start = time.perf_counter()
@@ -96,11 +95,7 @@ def _run_defense(ctx, attack, trainer, name: str, dname: str, output: str, benig
     result = attack.run(thief_view, trainer, output, ctx.clone_accuracy if wants_curve else None)
     if saved is not None:
         attack.checkpoints = saved
-    clone = clone_metrics(
-        predict(result.clone, ctx.splits.test.images),
-        ctx.victim_test_labels,
-        ctx.splits.test.labels,
-    )
+    clone = ctx.clone_metrics(result.clone)
     detection = detection_metrics(benign_scores, oracle.scores, ctx.settings.threshold)
     record = {
         "attack": name,
@@ -137,7 +132,7 @@ def run_indist(ctx: Context) -> dict:
     from ..attacks import InProcessOracle, query_in_batches
     from ..attacks.base import extend_pool
     from .defenses import DefendedPipeline
-    from .metrics import clone_metrics, detection_metrics
+    from .metrics import detection_metrics
 
     config = ctx.config
     trainer = ctx.trainer()
@@ -173,11 +168,7 @@ def run_indist(ctx: Context) -> dict:
                 answer = query_in_batches(oracle, sent, 64)
                 # As many optimiser steps as a full-budget clone: small sets not undertrained.
                 clone = trainer.fit_answers(sent, answer, output, min_steps=full_steps)
-                metrics = clone_metrics(
-                    predict(clone, ctx.splits.test.images),
-                    ctx.victim_test_labels,
-                    ctx.splits.test.labels,
-                )
+                metrics = ctx.clone_metrics(clone)
                 det = detection_metrics(benign_scores, oracle.scores, ctx.settings.threshold)
                 row = {
                     "pool": pool_name,

@@ -102,6 +102,13 @@ class Context:
     def clone_accuracy(self, model) -> float:
         return answer_accuracy(predict(model, self.splits.test.images), self.splits.test.labels)
 
+    def clone_metrics(self, model) -> dict[str, float]:
+        """Accuracy and fidelity (agreement with the victim) of a clone on the test split."""
+        from .metrics import clone_metrics
+
+        test = self.splits.test
+        return clone_metrics(predict(model, test.images), self.victim_test_labels, test.labels)
+
     def jbda_seeds(self) -> np.ndarray:
         """150 labelled-class-balanced images from the calibration split: in-distribution data
         the thief holds, disjoint from the victim's training and test data."""
