@@ -73,9 +73,17 @@ def _input_bytes(message: service_pb2.ModelInferRequest) -> bytes:
     return b"".join(t.contents.SerializeToString() for t in message.inputs)
 
 
-def prepare_infer(request: bytes, suspected: bool) -> PreparedInfer:
-    """Rewrite a client's ``ModelInfer`` for Triton (raises on an internal output request)."""
-    message = service_pb2.ModelInferRequest.FromString(request)
+def prepare_infer(request: bytes | service_pb2.ModelInferRequest, suspected: bool) -> PreparedInfer:
+    """Rewrite a client's ``ModelInfer`` for Triton (raises on an internal output request).
+
+    A parsed request is copied, not changed: the account layer may prepare it twice (as
+    sent, then forced when its own queries raise the alarm).
+    """
+    message = service_pb2.ModelInferRequest()
+    if isinstance(request, bytes):
+        message.ParseFromString(request)
+    else:
+        message.CopyFrom(request)
     if any(o.name == ACCOUNT_OUTPUT for o in message.outputs):
         raise InternalOutputRequested(f"output {ACCOUNT_OUTPUT!r} is not available to clients")
     if ACCOUNT_PARAMETER in message.parameters:

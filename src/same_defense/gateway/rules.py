@@ -79,10 +79,14 @@ class GatewayPolicy:
     upstream_header: tuple[str, str] | None = None
     denied: int = field(default=0)
 
-    def check_infer_request(self, request: bytes) -> str | None:
+    def check_infer_request(self, request: bytes | service_pb2.ModelInferRequest) -> str | None:
         """Refuse what Triton would refuse with a confusing message: an empty batch; and
         tensors in shared memory (no client can register a region through the gateway)."""
-        message = service_pb2.ModelInferRequest.FromString(request)
+        message = (
+            service_pb2.ModelInferRequest.FromString(request)
+            if isinstance(request, bytes)
+            else request
+        )
         for tensor in message.inputs:
             if tensor.shape and tensor.shape[0] == 0:
                 return f"input {tensor.name!r} has an empty batch: send at least one sample"
@@ -154,22 +158,33 @@ class GatewayCore:
     def handle(self, method: str, request: bytes, caller: Caller, account: str | None) -> bytes:
         """:meth:`call` for a caller already authenticated as ``account`` (a front end that
         must check the key before it decodes the request's body)."""
+        if method == "ModelInfer":
+            return self._checked_infer(request, caller, account)
         reason = self.policy.check(method, request)
         if reason is not None:
             raise self.deny(method, caller, reason)
-        if method == "ModelInfer":
-            problem = self.policy.check_infer_request(request)
-            if problem is not None:
-                raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, problem)
-            if account is None:  # an open method never reaches here; refuse, never serve keyless
-                raise GatewayError(grpc.StatusCode.UNAUTHENTICATED, "missing API key")
-            return self._infer(account, request, caller)
         response = self._upstream_call(method, request, caller)
         if method in ("ModelMetadata", "ModelConfig"):
             response = _hide_internal_output(method, response)
         return response
 
-    def _infer(self, account: str, request: bytes, caller: Caller) -> bytes:
+    def _checked_infer(self, request: bytes, caller: Caller, account: str | None) -> bytes:
+        """``ModelInfer``: parsed once (it may carry megabytes) for every check and rewrite."""
+        try:
+            message = service_pb2.ModelInferRequest.FromString(request)
+        except Exception:  # malformed protobuf: refuse rather than forward
+            raise self.deny("ModelInfer", caller, "ModelInfer: malformed request") from None
+        reason = self.policy.check_model(message.model_name)
+        if reason is not None:
+            raise self.deny("ModelInfer", caller, reason)
+        problem = self.policy.check_infer_request(message)
+        if problem is not None:
+            raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        if account is None:  # an open method never reaches here; refuse, never serve keyless
+            raise GatewayError(grpc.StatusCode.UNAUTHENTICATED, "missing API key")
+        return self._infer(account, message, caller)
+
+    def _infer(self, account: str, request: service_pb2.ModelInferRequest, caller: Caller) -> bytes:
         samples = 0
 
         def answer(suspected: bool) -> tuple[bytes, np.ndarray | None, list[str]]:
