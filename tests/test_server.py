@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import urllib.request
 
 import numpy as np
 import psutil
@@ -69,13 +70,29 @@ def test_server_answers_equal_the_in_process_pipeline(server, tiny_repository):
     assert local.flagged[30:].mean() > local.flagged[:30].mean()  # noise is the odd one out
 
 
+def _score_histogram(metrics_url: str) -> dict[str, float]:
+    """``same_score_count`` and the +Inf and threshold (le="1"-times) buckets, summed."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("same_score_count") or 'le="+Inf"' in line:
+            key = "count" if line.startswith("same_score_count") else "inf"
+            found[key] = found.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
 def test_metrics_count_scored_and_flagged_queries(server):
     before = read_defense_counters(server.metrics_url)
+    histogram_before = _score_histogram(server.metrics_url)
     with SameClient(server.grpc_url) as client:
-        client.classify(make_query_set("noise", 50, SHAPE, seed=9))
+        client.classify(make_query_set("noise", 50, SHAPE, seed=9), batch_size=1)
     delta = read_defense_counters(server.metrics_url) - before
-    assert delta.scored == 50
+    assert delta.scored == 50  # 50 requests, none lost between flushes
     assert delta.flagged >= 40  # noise is far from handwritten digits, even for a tiny MAE
+    histogram = _score_histogram(server.metrics_url)
+    assert histogram["count"] - histogram_before.get("count", 0.0) == 50
+    assert histogram["inf"] - histogram_before.get("inf", 0.0) == 50
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from .accounts import (
     score_pvalues,
     update_state,
 )
+from .counts import METRICS_FLUSH_S, DefenseCounts, score_buckets
 from .decision import (
     DEFAULT_ALPHA,
     DEFAULT_POLICY,
@@ -44,6 +45,9 @@ __all__ = [
     "SUSPECTED",
     "DEFAULT_ALPHA",
     "DEFAULT_POLICY",
+    "METRICS_FLUSH_S",
+    "DefenseCounts",
+    "score_buckets",
     "AccountSettings",
     "AccountState",
     "clear_suspicion",

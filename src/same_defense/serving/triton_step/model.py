@@ -7,12 +7,14 @@ they are counted in Prometheus metrics, and the class-conditional p-value of eac
 out as the internal ``ACCOUNT_PVALUE`` output, which only the gateway may request (it strips
 it and feeds the account-level test). A request that carries the parameter
 ``same_account_state: suspected`` (set by the gateway alone) is answered with the policy for
-every query, whatever its own score.
+every query, whatever its own score. Counts reach Prometheus from a background thread within
+``METRICS_FLUSH_S`` (``same_core/counts.py``), never on the request path.
 """
 
 import json
 import os
 import sys
+import threading
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -23,18 +25,19 @@ from same_core import (  # noqa: E402  (needs the path above)
     ACCOUNT_OUTPUT,
     ACCOUNT_PARAMETER,
     MANIFEST_NAME,
+    METRICS_FLUSH_S,
     SUSPECTED,
+    DefenseCounts,
     DefenseSettings,
     GraphArrays,
     InvalidInput,
     defend_requests,
     load_verified_manifest,
+    score_buckets,
     settings_from_manifest,
 )
 
 INPUTS = ("LOGITS", "RECON_ERROR", "SHADOW_LOGITS", "INPUT_STATS")
-# Score histogram buckets as multiples of the calibrated threshold (1.0 = the flag line).
-BUCKETS_X_THRESHOLD = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0, 16.0, 64.0)
 
 
 def _is_suspected(request) -> bool:
@@ -44,34 +47,18 @@ def _is_suspected(request) -> bool:
         return False
 
 
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        model_dir = args["model_repository"]
-        version_dir = os.path.join(model_dir, args["model_version"])
-        manifest = load_verified_manifest(
-            repository_root=os.path.dirname(model_dir),
-            manifest_path=os.path.join(version_dir, MANIFEST_NAME),
-        )
-        policy = params.pop("policy", "misinformation")
-        self.settings: DefenseSettings = settings_from_manifest(manifest, policy, params)
-        self._init_metrics(config["name"])
-        pb_utils.Logger.log_info(
-            f"SAME defense: policy={policy} threshold={self.settings.threshold:.6g} "
-            f"alpha={self.settings.alpha} account_reference={bool(self.settings.reference)}"
-        )
+class _Metrics:
+    """The step's Prometheus metrics, fed from counts that a background thread flushes.
 
-    def _counter(self, name, description, labels):
-        family = pb_utils.MetricFamily(
-            name=name, description=description, kind=pb_utils.MetricFamily.COUNTER
-        )
-        self._families.append(family)  # families must outlive their metrics
-        return family.Metric(labels=labels)
+    ``execute`` only adds to a :class:`DefenseCounts` under a lock; the flush thread sends
+    the totals every ``METRICS_FLUSH_S`` seconds (core/counts.py says why). Only that thread
+    (and ``close``, after it stopped) touches the metric objects, and the stub serialises
+    metric round trips from several threads, so no update is lost or interleaved.
+    """
 
-    def _init_metrics(self, model_name):
-        labels = {"model": model_name, "policy": self.settings.policy}
-        self._families = []
+    def __init__(self, model_name, settings):
+        labels = {"model": model_name, "policy": settings.policy}
+        self._families = []  # families must outlive their metrics
         self.scored = self._counter(
             "same_queries_scored_total", "Queries scored by the SAME defense step", labels
         )
@@ -90,14 +77,90 @@ class TritonPythonModel:
             "Queries from accounts under suspicion, all answered with the policy",
             labels,
         )
-        buckets = [b * self.settings.threshold for b in BUCKETS_X_THRESHOLD]
-        score = pb_utils.MetricFamily(
-            name="same_score",
-            description=f"Distribution of SAME scores (threshold = {self.settings.threshold:.6g})",
-            kind=pb_utils.MetricFamily.HISTOGRAM,
+        about = f"SAME scores (threshold = {settings.threshold:.6g})"
+        self.pending = DefenseCounts(score_buckets(settings.threshold))
+        bucket_family = self._family("same_score_bucket", f"{about}: cumulative buckets")
+        self.buckets = [
+            bucket_family.Metric(labels={**labels, "le": le})
+            for le, _ in self.pending.cumulative_buckets()
+        ]
+        self.score_sum = self._family("same_score_sum", f"{about}: sum").Metric(labels=labels)
+        self.score_count = self._family("same_score_count", f"{about}: count").Metric(labels=labels)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._flush_loop, name="same-metrics", daemon=True)
+        self._thread.start()
+
+    def _family(self, name, description):
+        family = pb_utils.MetricFamily(
+            name=name, description=description, kind=pb_utils.MetricFamily.COUNTER
         )
-        self._families.append(score)
-        self.score_histogram = score.Metric(labels=labels, buckets=buckets)
+        self._families.append(family)
+        return family
+
+    def _counter(self, name, description, labels):
+        return self._family(name, description).Metric(labels=labels)
+
+    def add(self, results, forced):
+        with self._lock:
+            for result, force in zip(results, forced, strict=True):
+                if isinstance(result, InvalidInput):
+                    self.pending.add_invalid(1)
+                else:
+                    self.pending.add_scores(result.scores, result.flagged, force)
+
+    def _flush_loop(self):
+        while not self._stop.wait(METRICS_FLUSH_S):
+            try:
+                self._flush()
+            except Exception as exc:  # a failed update must not end the counting
+                pb_utils.Logger.log_warn(f"SAME defense: metrics update failed: {exc}")
+
+    def _flush(self):
+        with self._lock:
+            counts = self.pending.take()
+        if counts.is_empty():
+            return
+        # A round trip per metric: send only what changed.
+        for metric, value in (
+            (self.scored, counts.scored),
+            (self.flagged, counts.flagged),
+            (self.invalid, counts.invalid),
+            (self.forced, counts.forced),
+            (self.score_count, counts.scored),
+        ):
+            if value:
+                metric.increment(value)
+        if counts.scored:
+            self.score_sum.increment(counts.score_sum)
+            for metric, (_, value) in zip(self.buckets, counts.cumulative_buckets(), strict=True):
+                if value:
+                    metric.increment(value)
+
+    def close(self):
+        """Stop the thread and send what is still pending (the model is unloading)."""
+        self._stop.set()
+        self._thread.join()
+        self._flush()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        model_dir = args["model_repository"]
+        version_dir = os.path.join(model_dir, args["model_version"])
+        manifest = load_verified_manifest(
+            repository_root=os.path.dirname(model_dir),
+            manifest_path=os.path.join(version_dir, MANIFEST_NAME),
+        )
+        policy = params.pop("policy", "misinformation")
+        self.settings: DefenseSettings = settings_from_manifest(manifest, policy, params)
+        self.metrics = _Metrics(config["name"], self.settings)
+        pb_utils.Logger.log_info(
+            f"SAME defense: policy={policy} threshold={self.settings.threshold:.6g} "
+            f"alpha={self.settings.alpha} account_reference={bool(self.settings.reference)}"
+        )
 
     def execute(self, requests):
         # Dynamic batching hands over several requests: the core checks each one and scores
@@ -108,8 +171,11 @@ class TritonPythonModel:
         ]
         forced = [_is_suspected(r) for r in requests]
         results = defend_requests(arrays, self.settings, forced)
-        self._count(results, forced)
+        self.metrics.add(results, forced)
         return [self._response(result) for result in results]
+
+    def finalize(self):
+        self.metrics.close()
 
     def _response(self, result):
         if isinstance(result, InvalidInput):
@@ -121,24 +187,3 @@ class TritonPythonModel:
             pb_utils.Tensor(ACCOUNT_OUTPUT, result.pvalues.astype(np.float32)[:, None]),
         ]
         return pb_utils.InferenceResponse(output_tensors=outputs)
-
-    def _count(self, results, forced):
-        # Each metric call is a round trip to the server process (about 0.5 ms of wall time
-        # on the loaded 2-core machine): skip the ones that would add nothing.
-        invalid = sum(isinstance(r, InvalidInput) for r in results)
-        if invalid:
-            self.invalid.increment(invalid)
-        pairs = zip(results, forced, strict=True)
-        answered = [(r, f) for r, f in pairs if not isinstance(r, InvalidInput)]
-        if not answered:
-            return
-        scores = np.concatenate([d.scores for d, _ in answered])
-        self.scored.increment(len(scores))
-        flagged = int(sum(d.flagged.sum() for d, _ in answered))
-        if flagged:
-            self.flagged.increment(flagged)
-        forced_queries = sum(len(d.scores) for d, f in answered if f)
-        if forced_queries:
-            self.forced.increment(forced_queries)
-        for s in scores:
-            self.score_histogram.observe(float(s))
