@@ -109,3 +109,47 @@ def test_variants_report_on_a_tiny_build(tiny_repository, tmp_path):
     by_name = {r["name"]: r["auroc"] for r in report["rows"]}
     assert by_name["optimized"] == pytest.approx(by_name["float32"], abs=1e-3)
     assert "| float32" in out.with_suffix(".md").read_text()
+
+
+def test_every_retrained_candidate_is_a_valid_build_command(tmp_path):
+    """The flags of each BUILDS entry parse as same-build arguments (a typo fails here, not
+    after an hour of `make variants`), and --train-seed leaves the data split alone."""
+    from same_defense.export.build import parse_args
+
+    for name, flags in variants.BUILDS.items():
+        filled = [f.format(variants=tmp_path, artifacts=tmp_path) for f in flags]
+        args = parse_args([*filled, "--seed", "0", "--victim-arch", "cnn3"])
+        assert args.seed == 0, name
+    args = parse_args(["--train-seed", "1"])
+    assert (args.seed, args.train_seed) == (0, 1)
+    assert parse_args(["--seed", "3"]).train_seed == 3
+
+
+def test_small_shadow_is_cnn3_at_a_quarter_of_the_width():
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    small, full = (
+        build_classifier("cnn3-small", (1, 28, 28), 10),
+        build_classifier("cnn3", (1, 28, 28), 10),
+    )
+    assert count(small) < count(full) / 8
+    assert small(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="cnn3-small"):
+        build_classifier("cnn5", (1, 28, 28), 10)
+
+
+def test_designs_are_summarised_over_their_training_runs():
+    rows = [
+        _row("float32", 300, {"jbda": 0.97}),  # a transformation: not a design row
+        _row("cpu", 1000, {"jbda": 0.96}),
+        _row("cpu-train-seed1", 1100, {"jbda": 0.94}),
+        _row("lite", 300, {"jbda": 0.97}),
+        _row("lite-seed1", 320, {"jbda": 0.87}),
+        _row("lite-seed2", 280, {"jbda": 0.95}),
+        _row("cpu-shadow-seed1", 900, {"jbda": 0.96}),  # one run of its design: left out
+    ]
+    designs = variants.design_summary(rows)
+    assert set(designs) == {"cpu", "lite"}
+    assert designs["cpu"]["runs"] == ["cpu", "cpu-train-seed1"]
+    assert designs["lite"]["auroc_mean"]["jbda"] == pytest.approx(0.93)
+    assert designs["lite"]["auroc_min"]["jbda"] == 0.87
+    assert designs["lite"]["us_batch64_mean"] == 300.0

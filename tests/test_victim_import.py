@@ -457,6 +457,13 @@ def test_shadow_architecture_auto():
     # A victim the build trained keeps the paper's choice: the shadow mirrors it.
     assert choose_shadow_architecture("auto", "cnn3", (3, 32, 32)) == "cnn3"
     assert choose_shadow_architecture("cnn3", "provided", (3, 32, 32)) == "cnn3"
+    # ... except at the default cpu-lite preset, where the quarter-width shadow measured as
+    # good for cnn3 (docs/performance.md); resnet18 has no smaller sibling, an explicit
+    # choice wins, and the paper's preset keeps the paper's choice.
+    assert choose_shadow_architecture("auto", "cnn3", (1, 28, 28), "cpu-lite") == "cnn3-small"
+    assert choose_shadow_architecture("auto", "resnet18", (3, 32, 32), "cpu-lite") == "resnet18"
+    assert choose_shadow_architecture("cnn3", "cnn3", (1, 28, 28), "cpu-lite") == "cnn3"
+    assert choose_shadow_architecture("auto", "cnn3", (1, 28, 28), "paper") == "cnn3"
 
 
 def test_build_warns_loudly_when_the_provided_model_is_near_chance(data_root, tmp_path, caplog):

@@ -32,7 +32,7 @@ from .repository import ONNX_FILES, refresh_defense_code
 
 # Epochs per preset: (victim, MAE, shadow).
 EPOCHS = {"cpu": (12, 40, 12), "cifar-cpu": (15, 60, 10), "paper": (30, 500, 30), "tiny": (1, 1, 1)}
-EPOCHS |= {name: EPOCHS["cpu"] for name in ("cpu-p7", "cpu-p7-lite", "cpu-lite")}
+EPOCHS |= {name: EPOCHS["cpu"] for name in ("cpu-p7", "cpu-p7-lite", "cpu-lite", "cpu-mini")}
 
 
 @dataclass
@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace) -> BuildReport:
     """Run the stages (``build_stages``) in order; write ``args.report`` and return it."""
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.train_seed)
     report = BuildReport()
     victim_epochs, mae_epochs, shadow_epochs = EPOCHS[args.preset]
     victim_epochs = args.victim_epochs or victim_epochs

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..core import DEFAULT_ALPHA, DEFAULT_POLICY
 from ..data import DATASET_CHOICES
-from ..models import MAE_PRESETS
+from ..models import DEFAULT_PRESET, MAE_PRESETS
 from ..train import SHADOW_RECIPES, DeviceUnavailable, resolve_device
 from .onnx_export import RECONSTRUCTOR_VARIANTS
 from .victim_import import add_victim_arguments, victim_arguments_problem
@@ -29,7 +29,10 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
     )
     p.add_argument("--max-train", type=int, default=0, help="cap on training images (0: all)")
     p.add_argument(
-        "--preset", choices=sorted(MAE_PRESETS), default="cpu", help="MAE size and epochs"
+        "--preset",
+        choices=sorted(MAE_PRESETS),
+        default=DEFAULT_PRESET,
+        help="MAE size and epochs (the default was chosen by `make variants`: docs/performance.md)",
     )
     add_victim_arguments(p)  # the victim group: trained, --victim-onnx or --victim-torch
     p.add_argument(
@@ -52,7 +55,13 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     p.add_argument("--report", type=Path, default=Path("reports/build.json"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="data split and training")
+    p.add_argument(
+        "--train-seed",
+        type=int,
+        help="weights and batch order only (default: --seed); the data split stays --seed's, "
+        "so two builds differ by training noise alone (`make variants` measures it)",
+    )
     p.add_argument(
         "--device", default="cpu", help="where to train: cpu, cuda or cuda:N (an error if absent)"
     )
@@ -77,6 +86,8 @@ def parse_args(argv: list[str] | None, description: str | None) -> argparse.Name
     """Parse ``argv``; exit with a usage error for a bad victim choice or a missing device."""
     p = build_parser(description)
     args = p.parse_args(argv)
+    if args.train_seed is None:
+        args.train_seed = args.seed
     problem = victim_arguments_problem(args)
     if problem:
         p.error(problem)

@@ -104,7 +104,7 @@ def victim_stage(
             load_state_dict(model, options.checkpoint)
         else:
             cfg = TrainConfig(
-                epochs=epochs, seed=args.seed, progress=not args.quiet, device=args.device
+                epochs=epochs, seed=args.train_seed, progress=not args.quiet, device=args.device
             )
             train_classifier(model, train.images, train.labels, cfg)
         torch.save(model.eval().state_dict(), args.artifacts / "victim.pt")
@@ -133,7 +133,7 @@ def mae_stage(args: argparse.Namespace, data: BuildData, epochs: int) -> MaskedA
             batch_size=128,
             lr=1e-3,
             weight_decay=0.05,
-            seed=args.seed,
+            seed=args.train_seed,
             progress=not args.quiet,
             augment_shift=1,
             device=args.device,
@@ -154,13 +154,15 @@ def shadow_stage(
     """Train the shadow on the MAE's reconstructions; return it and its architecture's name."""
     # The victim's answers from the graph Triton serves, whatever the victim's origin.
     victim_probs = softmax(victim_answers(victim.onnx_path, data.train.images))
-    arch = choose_shadow_architecture(args.shadow_arch, victim.architecture, data.shape)
+    arch = choose_shadow_architecture(
+        args.shadow_arch, victim.architecture, data.shape, args.preset
+    )
     report.say(f"   shadow architecture {arch}")
     shadow = build_classifier(arch, data.shape, data.classes)
     # SGD (authors) wants a larger step than Adam; the distilled shadow sees unshifted images.
     recipe = {"lr": 0.01} if args.shadow_recipe == "authors" else {"augment_shift": 0}
     cfg = TrainConfig(
-        epochs=epochs, seed=args.seed, progress=not args.quiet, device=args.device, **recipe
+        epochs=epochs, seed=args.train_seed, progress=not args.quiet, device=args.device, **recipe
     )
     train = data.train
     train_shadow(shadow, mae, train.images, victim_probs, cfg, args.shadow_recipe, train.labels)
@@ -261,4 +263,5 @@ def build_record(
         "reconstructor_variant": args.reconstructor_variant,
         "victim_test_accuracy": accuracy,
         "seed": args.seed,
+        "train_seed": args.train_seed,
     }

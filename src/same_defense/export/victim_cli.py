@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..models import VICTIM_ARCHITECTURES
+from ..models import SHADOW_ONLY_ARCHITECTURES, VICTIM_ARCHITECTURES
 from .victim_spec import CHANNEL_ORDERS, LAYOUTS, OUTPUT_KINDS, Preprocessing, VictimOptions
 
-SHADOW_CHOICES = ("auto", *VICTIM_ARCHITECTURES)
+SHADOW_CHOICES = ("auto", *VICTIM_ARCHITECTURES, *SHADOW_ONLY_ARCHITECTURES)
+# `--shadow-arch auto` for a trained victim at these MAE presets: the smaller shadow.
+SMALL_SHADOW = {"cnn3": "cnn3-small"}
+SMALL_SHADOW_PRESETS = frozenset({"cpu-lite"})
 
 
 def parse_channel_values(text: str) -> tuple[float, ...]:
@@ -93,8 +96,10 @@ def add_victim_arguments(parser: argparse.ArgumentParser) -> None:
         "--shadow-arch",
         choices=SHADOW_CHOICES,
         default="auto",
-        help="SAME's shadow classifier; auto: the victim's architecture when the build knows "
-        "it, else cnn3 below 32x32 images and resnet18 from 32x32",
+        help="SAME's shadow classifier; auto: the victim's architecture when the build trained "
+        "it (cnn3-small for cnn3 at the cpu-lite preset), else cnn3 below 32x32 images and "
+        "resnet18 from 32x32; cnn3-small: cnn3 at a quarter of the width "
+        "(docs/performance.md)",
     )
 
 
@@ -155,17 +160,21 @@ def victim_options(args: argparse.Namespace) -> VictimOptions:
 
 
 def choose_shadow_architecture(
-    requested: str, victim_architecture: str, shape: tuple[int, int, int]
+    requested: str, victim_architecture: str, shape: tuple[int, int, int], preset: str = ""
 ) -> str:
     """SAME's shadow only has to mimic the victim's answers, not match its (unknown) design.
 
-    ``auto`` keeps the paper's choice (the victim's architecture) when we trained it; for a
-    provided victim it picks by image size: cnn3 suits small images (it needs 8x8 at least,
-    three 2x poolings), resnet18 the CIFAR-sized ones and anything it cannot take.
+    ``auto`` keeps the paper's choice (the victim's architecture) when we trained it, except
+    that at the presets of SMALL_SHADOW_PRESETS a cnn3 victim gets the quarter-width
+    cnn3-small, measured there to score as well for a fraction of the cost (`make variants`,
+    docs/performance.md). For a provided victim it picks by image size: cnn3 suits small
+    images (it needs 8x8 at least, three 2x poolings), resnet18 the CIFAR-sized ones.
     """
     if requested != "auto":
         return requested
     if victim_architecture in VICTIM_ARCHITECTURES:
+        if preset in SMALL_SHADOW_PRESETS:
+            return SMALL_SHADOW.get(victim_architecture, victim_architecture)
         return victim_architecture
     smallest = min(shape[1:])
     return "cnn3" if 8 <= smallest < 32 else "resnet18"

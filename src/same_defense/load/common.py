@@ -66,7 +66,7 @@ def _defense_code_is_current(repository: Path) -> bool:
 
 
 def ensure_repository(repository: Path) -> dict:
-    """Build ``repository`` if it has no manifest (about 4.5 minutes), return the manifest.
+    """Build ``repository`` if it has no manifest (about 2 minutes), return the manifest.
 
     A built repository is left as it is unless its defense code is stale; rewriting it when
     nothing changed would disturb anyone else serving the same folder.

@@ -1,11 +1,13 @@
 """PyTorch networks: the victim classifier, SAME's masked autoencoder and the export wrapper."""
 
-from .mae import MAE_PRESETS, MaeConfig, MaskedAutoencoder, fit_to_shape
+from .mae import DEFAULT_PRESET, MAE_PRESETS, MaeConfig, MaskedAutoencoder, fit_to_shape
 from .reconstructor import ReconstructorGraph
-from .victim import VICTIM_ARCHITECTURES, build_classifier
+from .victim import SHADOW_ONLY_ARCHITECTURES, VICTIM_ARCHITECTURES, build_classifier
 
 __all__ = [
+    "DEFAULT_PRESET",
     "MAE_PRESETS",
+    "SHADOW_ONLY_ARCHITECTURES",
     "VICTIM_ARCHITECTURES",
     "MaeConfig",
     "MaskedAutoencoder",

@@ -11,24 +11,37 @@ import torch
 from torch import nn
 
 VICTIM_ARCHITECTURES = ("cnn3", "resnet18")
+# Shadow-only: cnn3 at a quarter of the width (about 1/16 of its convolution work), a cheaper
+# shadow distilled to agree with the victim on reconstructions (issue 10, `make variants`).
+SHADOW_ONLY_ARCHITECTURES = ("cnn3-small",)
+CNN3_WIDTHS = {"cnn3": (32, 64, 128, 128), "cnn3-small": (8, 16, 32, 64)}
 
 
 class Cnn3(nn.Module):
-    """Three conv blocks and two dense layers; works for any input of at least 8x8."""
+    """Three conv blocks and two dense layers; works for any input of at least 8x8.
 
-    def __init__(self, in_shape: tuple[int, int, int], num_classes: int) -> None:
+    ``widths``: the three conv blocks' channels and the dense layer's units.
+    """
+
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        num_classes: int,
+        widths: tuple[int, int, int, int] = CNN3_WIDTHS["cnn3"],
+    ) -> None:
         super().__init__()
         channels = in_shape[0]
         if min(in_shape[1:]) < 8:  # three 2x poolings would leave no pixel
             raise ValueError(f"cnn3 needs images of at least 8x8, got {in_shape}: use resnet18")
+        c1, c2, c3, dense = widths
         self.features = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1),
+            nn.Conv2d(channels, c1, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1),
+            nn.Conv2d(c1, c2, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, 3, padding=1),
+            nn.Conv2d(c2, c3, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
         )
@@ -36,10 +49,10 @@ class Cnn3(nn.Module):
             flat = self.features(torch.zeros(1, *in_shape)).numel()
         self.head = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(flat, 128),
+            nn.Linear(flat, dense),
             nn.ReLU(),
             nn.Dropout(0.25),
-            nn.Linear(128, num_classes),
+            nn.Linear(dense, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,10 +103,9 @@ class ResNet18(nn.Module):
 def build_classifier(
     architecture: str, in_shape: tuple[int, int, int], num_classes: int
 ) -> nn.Module:
-    if architecture == "cnn3":
-        return Cnn3(in_shape, num_classes)
+    if architecture in CNN3_WIDTHS:
+        return Cnn3(in_shape, num_classes, CNN3_WIDTHS[architecture])
     if architecture == "resnet18":
         return ResNet18(in_shape, num_classes)
-    raise ValueError(
-        f"unknown architecture {architecture!r}; choose one of {', '.join(VICTIM_ARCHITECTURES)}"
-    )
+    known = VICTIM_ARCHITECTURES + SHADOW_ONLY_ARCHITECTURES
+    raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(known)}")
