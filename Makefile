@@ -65,9 +65,11 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m same_defense.load.bench $(BENCH_ARGS)
 
-# Reconstructor variants, CPU cost and per-query AUROC: reports/variants.{json,md}.
-# Candidates: onnxruntime optimisations, int8, smaller MAE presets; one table. Builds the
-# missing presets first (about 3 minutes each on 2 cores). VARIANTS_ARGS="..." as above.
+# Reconstructor variants, CPU cost, per-query AUROC and the account test's detection delay:
+# reports/variants.{json,md}. Candidates: onnxruntime optimisations, int8, MAE presets, the
+# cnn3-small shadow, repeat trainings with other seeds; one table. Builds the missing ones
+# first (14 builds, 20 s to 4 min each on 2 cores: about 30 minutes in all, then about 8 to
+# measure). VARIANTS_ARGS="--baseline cpu" judges against the former default.
 variants: $(STAMP)
 	$(PY) -m same_defense.load.variants --build $(VARIANTS_ARGS)
 

@@ -3,8 +3,8 @@
 Every figure in the results page comes from a JSON report that a make target wrote; each
 section names that target and when its report was written. Run the targets first (``make
 demo``, ``make evaluate``, ``make bench``, ...); a missing report leaves its section saying
-which command fills it. The README's headline table sits between two markers and is
-rewritten in place, so it cannot drift from the reports either.
+which command fills it. The README's headline table and its cost block (``reporting.cost``)
+sit between markers and are rewritten in place, so they cannot drift from the reports either.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..evaluation import accounts_report
 from ..evaluation import report as evaluation_report
+from . import cost
 from .markdown import cell, table
 
 log = logging.getLogger("same.docs")
@@ -127,31 +128,6 @@ def headline(reports: dict[str, dict]) -> list[str]:
     return table(["figure", "measured", "command"], rows)
 
 
-def _bench_section(bench: dict) -> list[str]:
-    rows = []
-    for batch, goal in bench.get("goals", {}).items():
-        sat = bench.get("saturation", {}).get(batch, {})
-        rows.append(
-            [
-                batch,
-                sat.get("same_images_per_s"),
-                sat.get("victim_images_per_s"),
-                sat.get("gateway_same_images_per_s"),
-                goal.get("throughput_ratio_at_saturation"),
-                goal.get("p99_ratio_at_concurrency_16"),
-            ]
-        )
-    header = [
-        "batch",
-        "same img/s",
-        "victim img/s",
-        "gateway same img/s",
-        "same/victim",
-        "p99 ratio c16",
-    ]
-    return table(header, rows)
-
-
 def _demo_section(demo: dict) -> list[str]:
     rows = [
         [k, v["queries"], v["suspected"], v["suspected_after_queries"]]
@@ -199,7 +175,11 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "evaluation": ("Per-query evaluation", _evaluation_section),
     "accounts": ("Account-level evaluation", _accounts_section),
     "recipes": ("Shadow recipes: per-query AUROC", _recipes_section),
-    "bench": ("Serving cost", _bench_section),
+    "bench": ("Serving cost", cost.bench_lines),
+    "variants": (
+        "Reconstructor candidates: CPU cost against per-query AUROC",
+        lambda v: cost.variants_lines(v) + cost.designs_lines(v),
+    ),
     "cluster": ("Two replicas behind nginx (docs/deployment.md)", _cluster_section),
 }
 
@@ -222,13 +202,18 @@ def results_page(reports: dict[str, dict]) -> str:
     return "\n".join(out)
 
 
+def _splice(text: str, begin: str, end: str, lines: list[str]) -> str:
+    if begin not in text or end not in text:
+        raise ValueError(f"README has no {begin} ... {end} markers")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return head + begin + "\n" + "\n".join(lines) + end + tail
+
+
 def splice_readme(readme: str, reports: dict[str, dict]) -> str:
-    """``readme`` with the text between the markers replaced by the headline table."""
-    if BEGIN not in readme or END not in readme:
-        raise ValueError(f"README has no {BEGIN} ... {END} markers")
-    head, rest = readme.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return head + BEGIN + "\n" + "\n".join(headline(reports)) + END + tail
+    """``readme`` with the headline table and the cost block rewritten between their markers."""
+    readme = _splice(readme, BEGIN, END, headline(reports))
+    return _splice(readme, cost.COST_BEGIN, cost.COST_END, cost.cost_block(reports))
 
 
 def main(argv: list[str] | None = None) -> int:
