@@ -123,7 +123,7 @@ def test_every_retrained_candidate_is_a_valid_build_command(tmp_path):
     from same_defense.export.build import parse_args
 
     for name, flags in variants.BUILDS.items():
-        filled = [f.format(variants=tmp_path, artifacts=tmp_path) for f in flags]
+        filled = [f.format(variants=tmp_path) for f in flags]
         args = parse_args([*filled, "--seed", "0", "--victim-arch", "cnn3"])
         assert args.seed == 0, name
     args = parse_args(["--train-seed", "1"])

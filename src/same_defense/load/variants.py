@@ -205,7 +205,7 @@ def build_candidate(name: str, repository: Path, variants_dir: Path) -> None:
             f"{checkpoint} is missing: the candidates reuse the victim of `make repository`"
         )
     out = variants_dir / name
-    flags = [f.format(variants=variants_dir, artifacts=ARTIFACTS) for f in BUILDS[name]]
+    flags = [f.format(variants=variants_dir) for f in BUILDS[name]]
     cmd = [
         sys.executable,
         "-m",
