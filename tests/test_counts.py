@@ -24,3 +24,13 @@ def test_flagged_forced_and_invalid_add_up_and_take_starts_again():
     assert counts.is_empty() and not taken.is_empty()
     assert counts.cumulative_buckets()[-1] == ("+Inf", 0)
     assert counts.score_sum == 0.0
+
+
+def test_merge_adds_one_execute_to_the_pending_totals():
+    pending, one = DefenseCounts(score_buckets(1.0)), DefenseCounts(score_buckets(1.0))
+    one.add_scores(np.array([0.1, 2.0]), np.array([False, True]), forced=True)
+    pending.merge(one)
+    pending.merge(one)
+    assert (pending.scored, pending.flagged, pending.forced) == (4, 2, 4)
+    assert pending.cumulative_buckets()[-1] == ("+Inf", 4)
+    assert pending.score_sum == 4.2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 import urllib.request
 
 import numpy as np
@@ -14,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from same_defense.client import SameClient, SameClientError
 from same_defense.client.cli import main as client_cli
+from same_defense.core import METRICS_FLUSH_S
 from same_defense.data import make_query_set
 from same_defense.serving.embedded import ServerError, free_port
 from same_defense.serving.inprocess import InProcessSame
@@ -82,17 +84,27 @@ def _score_histogram(metrics_url: str) -> dict[str, float]:
     return found
 
 
+def _flush_histogram(client: SameClient) -> None:
+    """One request after the flush period: the step sends every score it has added up."""
+    time.sleep(METRICS_FLUSH_S + 0.1)
+    client.classify(make_query_set("noise", 1, SHAPE, seed=10))
+
+
 def test_metrics_count_scored_and_flagged_queries(server):
-    before = read_defense_counters(server.metrics_url)
-    histogram_before = _score_histogram(server.metrics_url)
     with SameClient(server.grpc_url) as client:
+        _flush_histogram(client)  # earlier tests' scores out of the way
+        before = read_defense_counters(server.metrics_url)
+        histogram_before = _score_histogram(server.metrics_url)
         client.classify(make_query_set("noise", 50, SHAPE, seed=9), batch_size=1)
-    delta = read_defense_counters(server.metrics_url) - before
-    assert delta.scored == 50  # 50 requests, none lost between flushes
-    assert delta.flagged >= 40  # noise is far from handwritten digits, even for a tiny MAE
+        delta = read_defense_counters(server.metrics_url) - before
+        assert delta.scored == 50  # sent with every answer: exact at once
+        assert delta.flagged >= 40  # noise is far from handwritten digits, even for a tiny MAE
+        # The histogram is sent at most every METRICS_FLUSH_S, from within an execute: the
+        # first request after that period carries everything before it.
+        _flush_histogram(client)
     histogram = _score_histogram(server.metrics_url)
-    assert histogram["count"] - histogram_before.get("count", 0.0) == 50
-    assert histogram["inf"] - histogram_before.get("inf", 0.0) == 50
+    assert histogram["count"] - histogram_before.get("count", 0.0) == 51
+    assert histogram["inf"] - histogram_before.get("inf", 0.0) == 51
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,12 @@
-"""What the defense step counts for Prometheus, gathered between two flushes.
+"""What the defense step counts for Prometheus: one execute's answers, or several.
 
 Every metric update from a Triton Python step is a round trip to the server process (about
 0.5 ms of wall time on a loaded 2-core machine, and the stub holds the GIL while it waits).
-Updating per request cost the step more than scoring: at batch 1 two round trips per request,
-and one more per image for the score histogram. The step therefore adds each answered batch
-to a :class:`DefenseCounts` (a few numpy additions) and sends the totals every
-:data:`METRICS_FLUSH_S` seconds from a background thread: at most 15 round trips per flush,
-none on the request path.
+The step used to observe the score histogram once per image, which cost more than scoring.
+It now counts each execute in a :class:`DefenseCounts` (a few numpy additions), sends the
+query counters that changed at once (readers see them as soon as the answers are out), and
+adds the scores up until :data:`METRICS_FLUSH_S` has passed since the last histogram flush:
+then at most 12 round trips, from within that execute.
 
 The score distribution is exported as a Prometheus histogram written by hand: one counter per
 cumulative bucket (``same_score_bucket{le=...}``) plus ``same_score_sum`` and
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# How long a count may wait before it reaches Triton's /metrics. A reader that wants the
-# counts of the requests it just sent waits a little longer than this (serving.metrics).
+# How long scores may wait for the histogram; the last ones of a burst wait for the next
+# request (or the model's unloading): the histogram is for dashboards, not exact reads.
 METRICS_FLUSH_S = 0.5
 # Score histogram buckets as multiples of the calibrated threshold (1.0 = the flag line).
 BUCKETS_X_THRESHOLD = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0, 16.0, 64.0)
@@ -64,6 +64,15 @@ class DefenseCounts:
         # Bucket i holds bounds[i-1] < s <= bounds[i], as Prometheus' "le" buckets do.
         where = np.searchsorted(self.bucket_bounds, scores, side="left")
         self.per_bucket += np.bincount(where, minlength=len(self.per_bucket))
+
+    def merge(self, other: DefenseCounts) -> None:
+        """Add ``other``'s counts (same buckets) to these."""
+        self.scored += other.scored
+        self.flagged += other.flagged
+        self.forced += other.forced
+        self.invalid += other.invalid
+        self.score_sum += other.score_sum
+        self.per_bucket += other.per_bucket
 
     def cumulative_buckets(self) -> list[tuple[str, int]]:
         """``(le, count)`` per bucket, cumulative as Prometheus expects, ``+Inf`` last."""

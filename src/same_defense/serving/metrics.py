@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from dataclasses import dataclass
-
-from ..core.counts import METRICS_FLUSH_S
 
 SCORED = "same_queries_scored_total"
 FLAGGED = "same_queries_flagged_total"
@@ -44,27 +41,8 @@ def parse_metric_sums(text: str) -> dict[str, float]:
     return sums
 
 
-def _read_once(metrics_url: str, timeout_s: float) -> DefenseCounters:
+def read_defense_counters(metrics_url: str, timeout_s: float = 10.0) -> DefenseCounters:
+    """The query counters; the defense step sends them with every answer, so they are exact."""
     with urllib.request.urlopen(metrics_url, timeout=timeout_s) as response:
         sums = parse_metric_sums(response.read().decode())
     return DefenseCounters(sums.get(SCORED, 0.0), sums.get(FLAGGED, 0.0), sums.get(INVALID, 0.0))
-
-
-def read_defense_counters(
-    metrics_url: str, timeout_s: float = 10.0, settle: bool = True
-) -> DefenseCounters:
-    """The counters once they hold every request answered so far.
-
-    The defense step sends its counts every ``METRICS_FLUSH_S`` (core/counts.py), so with
-    ``settle`` this reads until two reads one flush period apart agree (at least ~0.7 s);
-    ``settle=False`` reads once, for a dashboard-like look.
-    """
-    counters = _read_once(metrics_url, timeout_s)
-    deadline = time.monotonic() + timeout_s
-    while settle:
-        time.sleep(METRICS_FLUSH_S + 0.2)
-        again = _read_once(metrics_url, timeout_s)
-        if again == counters or time.monotonic() > deadline:
-            return again
-        counters = again
-    return counters

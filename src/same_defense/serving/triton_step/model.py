@@ -7,14 +7,14 @@ they are counted in Prometheus metrics, and the class-conditional p-value of eac
 out as the internal ``ACCOUNT_PVALUE`` output, which only the gateway may request (it strips
 it and feeds the account-level test). A request that carries the parameter
 ``same_account_state: suspected`` (set by the gateway alone) is answered with the policy for
-every query, whatever its own score. Counts reach Prometheus from a background thread within
-``METRICS_FLUSH_S`` (``same_core/counts.py``), never on the request path.
+every query, whatever its own score. The query counters go to Prometheus with each execute;
+the score histogram at most every ``METRICS_FLUSH_S`` (``same_core/counts.py``).
 """
 
 import json
 import os
 import sys
-import threading
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -48,12 +48,15 @@ def _is_suspected(request) -> bool:
 
 
 class _Metrics:
-    """The step's Prometheus metrics, fed from counts that a background thread flushes.
+    """The step's Prometheus metrics: query counters per execute, the histogram throttled.
 
-    ``execute`` only adds to a :class:`DefenseCounts` under a lock; the flush thread sends
-    the totals every ``METRICS_FLUSH_S`` seconds (core/counts.py says why). Only that thread
-    (and ``close``, after it stopped) touches the metric objects, and the stub serialises
-    metric round trips from several threads, so no update is lost or interleaved.
+    Each metric update is a round trip to the server process. The query counters (scored,
+    flagged, refused, forced) are sent with every execute, only those that changed, so a
+    reader sees them as soon as the answers are out. The score histogram, which cost one
+    round trip per image, is added up in a :class:`DefenseCounts` and sent from within an
+    execute at most every ``METRICS_FLUSH_S`` (core/counts.py). Not from a background thread:
+    a stub killed while such a thread's metric message was in flight took tritonserver down
+    with it (a boost lock_exception in the Python backend; tests/test_faults.py).
     """
 
     def __init__(self, model_name, settings):
@@ -86,10 +89,7 @@ class _Metrics:
         ]
         self.score_sum = self._family("same_score_sum", f"{about}: sum").Metric(labels=labels)
         self.score_count = self._family("same_score_count", f"{about}: count").Metric(labels=labels)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._flush_loop, name="same-metrics", daemon=True)
-        self._thread.start()
+        self._last_flush = time.monotonic()
 
     def _family(self, name, description):
         family = pb_utils.MetricFamily(
@@ -102,46 +102,36 @@ class _Metrics:
         return self._family(name, description).Metric(labels=labels)
 
     def add(self, results, forced):
-        with self._lock:
-            for result, force in zip(results, forced, strict=True):
-                if isinstance(result, InvalidInput):
-                    self.pending.add_invalid(1)
-                else:
-                    self.pending.add_scores(result.scores, result.flagged, force)
-
-    def _flush_loop(self):
-        while not self._stop.wait(METRICS_FLUSH_S):
-            try:
-                self._flush()
-            except Exception as exc:  # a failed update must not end the counting
-                pb_utils.Logger.log_warn(f"SAME defense: metrics update failed: {exc}")
-
-    def _flush(self):
-        with self._lock:
-            counts = self.pending.take()
-        if counts.is_empty():
-            return
-        # A round trip per metric: send only what changed.
+        """Count one execute's answers: counters now, the histogram when it is due."""
+        counts = DefenseCounts(self.pending.bucket_bounds)
+        for result, force in zip(results, forced, strict=True):
+            if isinstance(result, InvalidInput):
+                counts.add_invalid(1)
+            else:
+                counts.add_scores(result.scores, result.flagged, force)
         for metric, value in (
             (self.scored, counts.scored),
             (self.flagged, counts.flagged),
             (self.invalid, counts.invalid),
             (self.forced, counts.forced),
-            (self.score_count, counts.scored),
         ):
             if value:
                 metric.increment(value)
-        if counts.scored:
-            self.score_sum.increment(counts.score_sum)
-            for metric, (_, value) in zip(self.buckets, counts.cumulative_buckets(), strict=True):
-                if value:
-                    metric.increment(value)
+        self.pending.merge(counts)
+        if time.monotonic() - self._last_flush >= METRICS_FLUSH_S:
+            self.flush_histogram()
 
-    def close(self):
-        """Stop the thread and send what is still pending (the model is unloading)."""
-        self._stop.set()
-        self._thread.join()
-        self._flush()
+    def flush_histogram(self):
+        """Send the scores added up since the last flush (sum, count, cumulative buckets)."""
+        self._last_flush = time.monotonic()
+        counts = self.pending.take()
+        if not counts.scored:
+            return
+        self.score_count.increment(counts.scored)
+        self.score_sum.increment(counts.score_sum)
+        for metric, (_, value) in zip(self.buckets, counts.cumulative_buckets(), strict=True):
+            if value:
+                metric.increment(value)
 
 
 class TritonPythonModel:
@@ -175,7 +165,7 @@ class TritonPythonModel:
         return [self._response(result) for result in results]
 
     def finalize(self):
-        self.metrics.close()
+        self.metrics.flush_histogram()
 
     def _response(self, result):
         if isinstance(result, InvalidInput):
