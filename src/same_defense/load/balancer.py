@@ -127,37 +127,16 @@ class Nginx:
                 path.chmod(0o777)
                 path.parent.chmod(0o755)
         self.config_path.write_text(render_config(self.prefix, self.tiers, user))
-        test = subprocess.run(
-            [
-                binary,
-                "-t",
-                "-q",
-                "-p",
-                str(self.prefix),
-                "-e",
-                str(self.prefix / "error.log"),
-                "-c",
-                str(self.config_path),
-            ],
-            capture_output=True,
-            text=True,
-        )
+        # The same prefix, error log and config for the syntax check and the run.
+        nginx = [binary, "-p", str(self.prefix), "-e", str(self.prefix / "error.log")]
+        nginx += ["-c", str(self.config_path)]
+        test = subprocess.run([*nginx, "-t", "-q"], capture_output=True, text=True)
         if test.returncode != 0:
             raise BalancerError(f"nginx refused {self.config_path}:\n{test.stderr.strip()}")
         # daemon off: nginx stays our child, so stop() and a crash of this process end it.
         with open(self.prefix / "stderr.log", "wb") as stderr:
             self.process = subprocess.Popen(
-                [
-                    binary,
-                    "-p",
-                    str(self.prefix),
-                    "-e",
-                    str(self.prefix / "error.log"),
-                    "-c",
-                    str(self.config_path),
-                    "-g",
-                    "daemon off;",
-                ],
+                [*nginx, "-g", "daemon off;"],
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 start_new_session=True,
