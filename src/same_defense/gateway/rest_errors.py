@@ -1,7 +1,10 @@
-"""How the HTTP front end fails a request: :class:`RestError` for what it cannot translate, and
-the HTTP status for each gRPC status that the rules or Triton answer with."""
+"""How the HTTP front end fails a request: :class:`RestError` for what it cannot translate, the
+HTTP status for each gRPC status that the rules or Triton answer with, and their messages
+worded for an HTTP caller (:func:`http_message`)."""
 
 from __future__ import annotations
+
+import re
 
 import grpc
 
@@ -29,3 +32,24 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
+
+
+# Triton appends this note to a shape error; over HTTP the caller sends a JSON shape, not a
+# model config, so the note about max_batch_size misleads (it fits a 1x28x28 request copied
+# for a 3x32x32 model no better).
+_BATCH_NOTE = re.compile(r"\s*NOTE: Setting a non-zero max_batch_size.*", re.DOTALL)
+_SHAPE_HINT = (
+    " (the shape is [N, C, H, W], batch first, as GET /v2/models/same reports; "
+    "`same-client example-request` prints a request that fits)"
+)
+
+
+def http_message(message: str) -> str:
+    """A message of the gRPC side worded for an HTTP caller: headers, not gRPC metadata."""
+    message = message.replace(
+        "send metadata 'authorization: Bearer <key>'",
+        "send the header 'Authorization: Bearer <key>'",
+    )
+    if _BATCH_NOTE.search(message):
+        message = _BATCH_NOTE.sub("", message).rstrip() + _SHAPE_HINT
+    return message

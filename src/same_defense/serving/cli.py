@@ -19,6 +19,8 @@ import sys
 import threading
 from pathlib import Path
 
+from ..cli_errors import CommandError, add_debug_argument, run_command, wants_debug
+from ..core.manifest import MANIFEST_NAME
 from ..gateway.options import add_account_arguments, options_from_args
 from .embedded import EmbeddedTriton, ServerError
 
@@ -29,7 +31,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    p.add_argument(
+        "--repository",
+        type=Path,
+        default=Path("model_repository"),
+        help="the built Triton repository to serve (relative to the working directory; "
+        "default: model_repository)",
+    )
     p.add_argument("--grpc-port", type=int, default=8001, help="public gRPC port")
     http = p.add_mutually_exclusive_group()
     http.add_argument(
@@ -49,11 +57,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--gateway-metrics-port", type=int, default=8003, help="gateway's Prometheus (loopback)"
     )
     add_account_arguments(p)
+    add_debug_argument(p)
     return p.parse_args(argv)
 
 
+def check_repository(repository: Path) -> None:
+    """CommandError naming both fixes when ``repository`` holds no built ``same`` ensemble."""
+    built = (repository / "same" / "config.pbtxt").exists() and (
+        repository / "defense" / "1" / MANIFEST_NAME
+    ).exists()
+    if not built:
+        raise CommandError(
+            f"no built model repository at {repository}: point --repository at one, or build "
+            "it first (`make repository`, or same-build --repository PATH for your own model)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``same-serve``; a refusal is one line on stderr (the traceback with --debug)."""
     args = parse_args(argv)
+    return run_command("same-serve", lambda: serve(args), wants_debug(argv))
+
+
+def serve(args: argparse.Namespace) -> int:
+    check_repository(args.repository)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -97,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         http = f", HTTP {service.http_url}" if service.http_url else ""
         public = f"gRPC {service.public_url}{http} (gateway: `same` only)"
+        if service.gateway is not None and service.gateway.admin is not None:
+            public += f"; admin API {service.gateway.admin.url} (same-accounts)"
     print(
         f"serving {args.repository}: public {public}; "
         f"metrics {triton.metrics_url}; log {args.log_file}. Ctrl-C stops.",
