@@ -155,6 +155,9 @@ def build_args(work: Path, data_root: Path) -> list[str]:
         str(work / "artifacts"),
         "--report",
         str(work / "build.json"),
+        # The tests match the exception itself; without --debug a refusal is one line on
+        # stderr and SystemExit(1) (tests/test_build_checks.py checks that style).
+        "--debug",
     ]
 
 

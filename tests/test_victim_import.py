@@ -114,7 +114,7 @@ def test_manifest_vouches_for_the_provided_file(provided_build):
         "output": "probs",
     }
     assert manifest["victim_architecture"] == "provided"
-    assert manifest["shadow_architecture"] == "resnet18"  # 32x32 images
+    assert manifest["shadow_architecture"] == "cnn3-small"  # auto: the cheapest measured
     assert manifest["class_names"] == FOLDER_CLASSES
     # The provider's model is good on its classes; near chance would mean a wrapping bug.
     assert manifest["victim_test_accuracy"] > 0.7
@@ -450,10 +450,14 @@ def test_non_finite_answers_are_refused(tmp_path):
 
 
 def test_shadow_architecture_auto():
-    assert choose_shadow_architecture("auto", "provided", (3, 32, 32)) == "resnet18"
-    assert choose_shadow_architecture("auto", "provided", (1, 28, 28)) == "cnn3"
-    assert choose_shadow_architecture("auto", "provided", (3, 64, 48)) == "resnet18"
+    # A provided victim gets the cheapest shadow measured to score as well (issue 22):
+    # cnn3-small, at every image size cnn3 fits; the paper preset keeps the paper's rule.
+    assert choose_shadow_architecture("auto", "provided", (3, 32, 32), "cpu-lite") == "cnn3-small"
+    assert choose_shadow_architecture("auto", "provided", (1, 28, 28), "cpu") == "cnn3-small"
+    assert choose_shadow_architecture("auto", "provided", (3, 64, 48)) == "cnn3-small"
     assert choose_shadow_architecture("auto", "provided", (3, 6, 6)) == "resnet18"  # cnn3 < 8
+    assert choose_shadow_architecture("auto", "provided", (3, 32, 32), "paper") == "resnet18"
+    assert choose_shadow_architecture("auto", "provided", (1, 28, 28), "paper") == "cnn3"
     # A victim the build trained keeps the paper's choice: the shadow mirrors it.
     assert choose_shadow_architecture("auto", "cnn3", (3, 32, 32)) == "cnn3"
     assert choose_shadow_architecture("cnn3", "provided", (3, 32, 32)) == "cnn3"
@@ -466,11 +470,14 @@ def test_shadow_architecture_auto():
     assert choose_shadow_architecture("auto", "cnn3", (1, 28, 28), "paper") == "cnn3"
 
 
-def test_build_warns_loudly_when_the_provided_model_is_near_chance(data_root, tmp_path, caplog):
+def test_build_stops_when_the_provided_model_is_near_chance(data_root, tmp_path, caplog):
     # A good model with its own class numbering: every check passes, only the accuracy tells.
     shifted = export_provider_onnx(train_provider_net(label_shift=1), tmp_path / "shifted.onnx")
+    with pytest.raises(ValueError, match="near chance.*class order.*--accept-low-accuracy"):
+        _build_onnx(tmp_path, data_root, shifted, *PREPROCESSING_ARGS)
+    # --accept-low-accuracy builds anyway, under the banner.
     with pytest.warns(UserWarning, match="near chance.*class order"):
-        _build_onnx(tmp_path, data_root, shifted, *PREPROCESSING_ARGS, "--shadow-arch", "cnn3")
+        _build_onnx(tmp_path, data_root, shifted, *PREPROCESSING_ARGS, "--accept-low-accuracy")
     assert "WARNING: victim test accuracy" in caplog.text  # the logged banner
     assert _manifest(tmp_path / "model_repository")["victim_test_accuracy"] < 0.2
 
