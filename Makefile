@@ -35,8 +35,9 @@ system-deps:
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q nginx-light; }
 
 # Train the victim and SAME's reconstructor, export ONNX, calibrate, write model_repository/.
+# --force: `make repository` means to (re)build it; a bare same-build refuses to replace one.
 repository: $(STAMP)
-	$(PY) -m same_defense.export.build
+	$(PY) -m same_defense.export.build --force
 
 # Build if needed, serve, send benign and attack-like queries, write reports/demo.json.
 demo: $(STAMP)

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     manifest_path = args.repository / "defense" / "1" / "same_calibration.json"
     if args.rebuild or not manifest_path.exists():
-        build_main(["--repository", str(args.repository)])
+        # --force: --rebuild asks to replace a built repository (same-build refuses otherwise).
+        build_main(["--repository", str(args.repository), "--force"])
     else:
         refresh_defense_code(args.repository)
     timings["build_s"] = round(time.perf_counter() - start, 1)

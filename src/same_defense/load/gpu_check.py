@@ -83,6 +83,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
         "--report",
         str(args.workdir / "build.json"),
         "--quiet",
+        "--force",  # a rerun rebuilds its own work folder (--skip-build reuses it)
     ]
     for flag in ("mae_epochs", "victim_epochs", "shadow_epochs"):
         if getattr(args, flag):
