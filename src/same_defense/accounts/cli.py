@@ -3,13 +3,19 @@
     same-accounts add alice               # prints alice's new key (shown once)
     same-accounts list                    # accounts in the key file
     same-accounts revoke alice            # the key stops working at once
-    same-accounts suspected --redis URL   # accounts under suspicion, with their statistics
-    same-accounts show alice --redis URL  # one account's state
-    same-accounts clear alice --redis URL # lift a suspicion (the test starts again)
+    same-accounts suspected               # accounts under suspicion, with their statistics
+    same-accounts show alice              # one account's state
+    same-accounts clear alice             # lift a suspicion (the test starts again)
+    same-accounts events --since 1h       # the audit trail (JSON lines)
+    same-accounts suspected --redis URL   # the same, read from the shared Redis store
+    same-accounts migrate-keys --redis URL  # once, after upgrading: keys with hash tags
 
-Key commands edit the key file the gateway reads (``--keys``). State commands read the shared
-Redis store; with the in-memory default, state lives inside the gateway process (suspicions are
-logged there and counted in its metrics) and ends with it.
+Key commands edit the key file the gateway reads (``--keys``). State commands ask the
+gateway's admin API (``--admin``, loopback, token in ``--admin-token-file``): that works with
+the in-memory default, where state lives inside the gateway process, and with Redis alike.
+With ``--redis URL`` they read and write the shared store directly (no gateway needed).
+``events`` reads the gateway's audit log (``--audit-log``), or the shared stream with
+``--redis``. Operations guide: docs/operations.md.
 """
 
 from __future__ import annotations
@@ -21,6 +27,17 @@ from pathlib import Path
 
 from ..cli_errors import add_debug_argument, run_command, wants_debug
 from ..core.accounts import AccountSettings, account_settings_from_manifest
+
+# The gateway's side (admin API, audit trail); imported here, not at the package's top, so
+# that the gateway's own imports of ``same_defense.accounts`` stay free of cycles.
+from ..gateway.admin import DEFAULT_ADMIN_LISTEN, DEFAULT_TOKEN_FILE, AdminClient, AdminUnavailable
+from ..gateway.audit import (
+    DEFAULT_AUDIT_LOG,
+    AuditLog,
+    parse_since,
+    read_file_events,
+    read_stream_events,
+)
 from .keys import DEFAULT_KEY_FILE, KeyStore, KeyStoreError
 from .service import AccountService
 from .store import RedisStore, StoreUnavailable
@@ -34,21 +51,40 @@ def _service(args: argparse.Namespace) -> AccountService:
     return AccountService(settings, RedisStore(args.redis))
 
 
-def _row(name: str, state) -> str:
-    return (
-        f"{name:24s} queries {state.queries:7d}  distinct {state.distinct:7d}  exceeded "
-        f"{state.exceedances:7d}  cusum {state.cusum:6.1f}  suspected at {state.suspected_at_query}"
+def _admin(args: argparse.Namespace) -> AdminClient:
+    return AdminClient(args.admin, args.admin_token_file)
+
+
+def _statistic(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _row(name: str, state: dict, tier: str = "") -> str:
+    """One account on one line: the counts first, then every other scalar of its state
+    (whatever fields the account test keeps)."""
+    first = ("queries", "distinct", "suspected_at_query")
+    rest = [
+        f"{k} {_statistic(v)}"
+        for k, v in state.items()
+        if k not in first and isinstance(v, int | float | str) and not isinstance(v, bool)
+    ]
+    head = (
+        f"{name:24s} queries {state.get('queries', 0):7d}  distinct {state.get('distinct', 0):7d}"
+        f"  suspected at {state.get('suspected_at_query', 0)}"
     )
+    return "  ".join([head, *([f"tier {tier}"] if tier else []), *rest])
 
 
 def _add(args: argparse.Namespace, keys: KeyStore) -> None:
     print(keys.add(args.account))
     print(f"key for {args.account!r} written (hashed) to {args.keys}", file=sys.stderr)
+    _tell_gateway(args)
 
 
 def _revoke(args: argparse.Namespace, keys: KeyStore) -> None:
     keys.revoke(args.account)
     print(f"revoked {args.account!r}")
+    _tell_gateway(args)
 
 
 def _list(args: argparse.Namespace, keys: KeyStore) -> None:
@@ -57,17 +93,82 @@ def _list(args: argparse.Namespace, keys: KeyStore) -> None:
 
 
 def _suspected(args: argparse.Namespace, keys: KeyStore) -> None:
-    for name, state in _service(args).suspected():
-        print(_row(name, state))
+    if args.redis:
+        service = _service(args)
+        now = service.clock()
+        rows = [
+            (name, state.to_dict(), _tier(state, now, service.settings))
+            for name, state in service.suspected()
+        ]
+    else:
+        answer = _admin(args).call("GET", "/v1/suspected")["accounts"]
+        rows = [(e["account"], e["state"], e.get("tier", "")) for e in answer]
+    for name, state, tier in rows:
+        print(_row(name, state, tier))
+
+
+def _tier(state, now: float, settings: AccountSettings) -> str:
+    """The account's tier where the test grades its answer, else "suspected" or ""."""
+    if hasattr(state, "tier"):
+        return state.tier(now, settings)
+    return "suspected" if state.is_suspected(now, settings) else ""
 
 
 def _show(args: argparse.Namespace, keys: KeyStore) -> None:
-    print(json.dumps(_service(args).store.get(args.account).to_dict(), indent=2))
+    if args.redis:
+        service = _service(args)
+        state = service.store.get(args.account)
+        shown = {
+            "account": args.account,
+            "suspected": state.is_suspected(service.clock(), service.settings),
+            "tier": _tier(state, service.clock(), service.settings),
+            "state": state.to_dict(),
+            "key": keys.list().get(args.account),
+        }
+    else:
+        shown = _admin(args).call("GET", f"/v1/accounts/{args.account}")
+    print(json.dumps(shown, indent=2))
 
 
 def _clear(args: argparse.Namespace, keys: KeyStore) -> None:
-    state = _service(args).clear(args.account)
-    print(f"cleared {args.account!r} (cleared {state.cleared} time(s) so far)")
+    if args.redis:
+        service = _service(args)
+        before = service.store.get(args.account)
+        state = service.clear(args.account).to_dict()
+        # Straight to the shared trail: no gateway saw this clear.
+        AuditLog(None, gateway="same-accounts", redis_url=args.redis).event(
+            "cleared", args.account, before, by="same-accounts --redis"
+        )
+    else:
+        state = _admin(args).call("POST", f"/v1/accounts/{args.account}/clear")["state"]
+    print(f"cleared {args.account!r} (cleared {state.get('cleared', '?')} time(s) so far)")
+
+
+def _events(args: argparse.Namespace, keys: KeyStore) -> None:
+    since = parse_since(args.since) if args.since else 0.0
+    if args.redis:
+        events = read_stream_events(args.redis, since)
+    else:
+        events = read_file_events(args.audit_log, since)
+    for event in events:
+        if args.account is None or event.get("account") == args.account:
+            print(json.dumps(event))
+
+
+def _migrate_keys(args: argparse.Namespace, keys: KeyStore) -> None:
+    if not args.redis:
+        raise ValueError("migrate-keys renames keys in Redis: give --redis URL")
+    moved = RedisStore(args.redis).migrate_legacy_keys()
+    print(f"moved {moved} account(s) to hash-tagged keys (same:acct:{{NAME}}:state)")
+
+
+def _tell_gateway(args: argparse.Namespace) -> None:
+    """Ask a running gateway to re-read the key file now, so that the audit trail records the
+    change at once (it would otherwise at the next call); silent when none runs."""
+    try:
+        _admin(args).call("POST", "/v1/keys/reload")
+    except AdminUnavailable:
+        pass
 
 
 # Subcommand -> handler; every handler gets the parsed arguments and the key file (the state
@@ -79,9 +180,41 @@ COMMANDS = {
     "clear": _clear,
     "list": _list,
     "suspected": _suspected,
+    "events": _events,
+    "migrate-keys": _migrate_keys,
 }
 # The subcommands that name one account.
 ACCOUNT_COMMANDS = ("add", "revoke", "show", "clear")
+
+
+def _common_options(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """The options every subcommand takes, before or after its name (``same-accounts
+    suspected --redis URL`` and ``same-accounts --redis URL suspected`` alike); after the name
+    they override, so there they have no defaults of their own."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    p.add_argument(
+        "--keys", type=Path, default=default(DEFAULT_KEY_FILE), help="the gateway's key file"
+    )
+    p.add_argument(
+        "--redis",
+        default=default(None),
+        help="read and write the shared Redis store directly (else: the admin API)",
+    )
+    p.add_argument(
+        "--admin", default=default(f"http://{DEFAULT_ADMIN_LISTEN}"), help="gateway's admin API"
+    )
+    p.add_argument(
+        "--admin-token-file", type=Path, default=default(DEFAULT_TOKEN_FILE), help="its token"
+    )
+    p.add_argument(
+        "--audit-log", type=Path, default=default(DEFAULT_AUDIT_LOG), help="gateway's audit log"
+    )
+    p.add_argument(
+        "--manifest", type=Path, default=default(DEFAULT_MANIFEST), help="account settings"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,14 +223,16 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--keys", type=Path, default=DEFAULT_KEY_FILE, help="the gateway's key file")
-    p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="shared state store")
-    p.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="account settings")
+    _common_options(p, defaults=True)
     sub = p.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         command = sub.add_parser(name)
+        _common_options(command, defaults=False)
         if name in ACCOUNT_COMMANDS:
             command.add_argument("account")
+    events = sub.choices["events"]
+    events.add_argument("--since", help="ISO time, epoch seconds or an age (30m, 2h, 7d)")
+    events.add_argument("--account", help="only this account's events")
     return p
 
 
@@ -113,7 +248,7 @@ def _main(argv: list[str] | None) -> int:
     keys = KeyStore(args.keys)
     try:
         COMMANDS[args.command](args, keys)
-    except (KeyStoreError, StoreUnavailable) as exc:
+    except (KeyStoreError, StoreUnavailable, AdminUnavailable, ValueError, OSError) as exc:
         print(f"same-accounts: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -14,6 +14,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Where the operator's keys live by default (relative to the working directory, like
@@ -38,6 +39,10 @@ class KeyStore:
         self._lock = threading.Lock()
         self._mtime: float | None = None
         self._by_digest: dict[str, str] = {}
+        self._entries: dict[str, dict] | None = None  # the accounts at the last reload
+        # Called with (accounts before, accounts after) when a reload finds the file changed,
+        # whoever edited it (same-accounts, a Secret update): the gateway's audit trail.
+        self.on_change: list[Callable[[dict[str, dict], dict[str, dict]], None]] = []
 
     def _read(self) -> dict:
         if not self.path.exists():
@@ -57,18 +62,25 @@ class KeyStore:
         os.chmod(tmp, 0o600)
         tmp.replace(self.path)  # atomic: a gateway never reads half a file
 
-    def add(self, account: str) -> str:
-        """Create ``account`` (or give it a new key) and return the key; shown once only."""
+    def add(self, account: str, group: str | None = None) -> str:
+        """Create ``account`` (or give it a new key) and return the key; shown once only.
+
+        ``group`` (a customer record, a reseller) links the account to the others of its
+        group: the account test pools their evidence (``accounts/links.py``).
+        """
         if not ACCOUNT_NAME.match(account):
             raise KeyStoreError(
                 f"account name {account!r}: use 1-64 letters, digits, '.', '_' or '-'"
             )
         key = f"same_{account}_{secrets.token_hex(16)}"
         data = self._read()
+        if group is not None and not ACCOUNT_NAME.match(group):
+            raise KeyStoreError(f"group name {group!r}: use 1-64 letters, digits, '.', '_' or '-'")
         data["accounts"][account] = {
             "sha256": digest(key),
             "created": time.time(),
             "revoked": False,
+            **({"group": group} if group else {}),
         }
         self._write(data)
         return key
@@ -82,7 +94,11 @@ class KeyStore:
 
     def list(self) -> dict[str, dict]:
         return {
-            name: {"created": entry.get("created"), "revoked": bool(entry.get("revoked"))}
+            name: {
+                "created": entry.get("created"),
+                "revoked": bool(entry.get("revoked")),
+                "group": entry.get("group"),
+            }
             for name, entry in sorted(self._read()["accounts"].items())
         }
 
@@ -91,6 +107,15 @@ class KeyStore:
         # A dict lookup on the digest: timing reveals nothing about a random key's digest.
         self._refresh()
         return self._by_digest.get(digest(key))
+
+    def group_of(self, account: str) -> str | None:
+        """The group ``account`` was created in (None: none)."""
+        self._refresh()
+        return (self._entries or {}).get(account, {}).get("group")
+
+    def refresh(self) -> None:
+        """Reload the file if it changed since the last reading (done before every check)."""
+        self._refresh()
 
     def _refresh(self) -> None:
         try:
@@ -105,3 +130,7 @@ class KeyStore:
                 e["sha256"]: name for name, e in accounts.items() if not e.get("revoked")
             }
             self._mtime = mtime
+            before, self._entries = self._entries, accounts
+        if before is not None:  # the first reading is the baseline, not a change
+            for listener in self.on_change:
+                listener(before, accounts)

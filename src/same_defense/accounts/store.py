@@ -84,8 +84,14 @@ class MemoryStore:
 
 
 class RedisStore:
-    """State in Redis: ``<prefix>:<account>:state`` (JSON) and ``<prefix>:<account>:seen`` (a
-    set of sample hashes), both expiring ``ttl_s`` after the account's last query."""
+    """State in Redis: ``<prefix>:{<account>}:state`` (JSON) and ``<prefix>:{<account>}:seen``
+    (a set of sample hashes), both expiring ``ttl_s`` after the account's last query.
+
+    The braces are a Redis Cluster hash tag: both keys of an account hash to one slot, so the
+    transaction that watches and writes both is allowed there. Keys written before the tags
+    (``<prefix>:<account>:state``) are still read until :meth:`migrate_legacy_keys` renames
+    them (``same-accounts migrate-keys``; docs/operations.md).
+    """
 
     def __init__(
         self,
@@ -106,6 +112,9 @@ class RedisStore:
         self.url = url
 
     def _keys(self, account: str) -> tuple[str, str]:
+        return f"{self.prefix}:{{{account}}}:state", f"{self.prefix}:{{{account}}}:seen"
+
+    def _legacy_keys(self, account: str) -> tuple[str, str]:
         return f"{self.prefix}:{account}:state", f"{self.prefix}:{account}:seen"
 
     def _call(self, fn: Callable):
@@ -117,7 +126,8 @@ class RedisStore:
             ) from None
 
     def get(self, account: str) -> AccountState:
-        raw = self._call(lambda: self.client.get(self._keys(account)[0]))
+        new, old = self._keys(account)[0], self._legacy_keys(account)[0]
+        raw = self._call(lambda: self.client.get(new) or self.client.get(old))
         return AccountState.from_dict(json.loads(raw) if raw else None)
 
     def put(self, account: str, state: AccountState) -> None:
@@ -126,13 +136,14 @@ class RedisStore:
 
     def record(self, account: str, hashes: list[str], update: Update) -> AccountState:
         state_key, seen_key = self._keys(account)
+        legacy_state = self._legacy_keys(account)[0]
 
         def transaction() -> AccountState:
             with self.client.pipeline() as pipe:
                 while True:
                     try:
                         pipe.watch(state_key, seen_key)
-                        raw = pipe.get(state_key)
+                        raw = pipe.get(state_key) or pipe.get(legacy_state)
                         known = pipe.smismember(seen_key, hashes) if hashes else []
                         is_new = first_occurrences(hashes) & ~np.array(known, bool)
                         state = update(
@@ -150,13 +161,35 @@ class RedisStore:
 
         return self._call(transaction)
 
-    def accounts(self) -> Iterator[tuple[str, AccountState]]:
+    def _state_keys(self) -> dict[str, str]:
+        """``{account: its state key}``, a tagged key preferred over a legacy one."""
         pattern = f"{self.prefix}:*:state"
         keys = self._call(lambda: list(self.client.scan_iter(match=pattern, count=500)))
-        for key in keys:
+        found: dict[str, str] = {}
+        for key in sorted(keys, key=lambda k: "{" in k):  # tagged last: they win
+            name = key[len(self.prefix) + 1 : -len(":state")]
+            if name.startswith("{") and name.endswith("}"):
+                name = name[1:-1]
+            found[name] = key
+        return found
+
+    def accounts(self) -> Iterator[tuple[str, AccountState]]:
+        for name, key in self._state_keys().items():
             raw = self._call(lambda k=key: self.client.get(k))
             if raw:
-                yield (
-                    key[len(self.prefix) + 1 : -len(":state")],
-                    AccountState.from_dict(json.loads(raw)),
+                yield name, AccountState.from_dict(json.loads(raw))
+
+    def migrate_legacy_keys(self) -> int:
+        """Rename keys written before the hash tags to the tagged names; returns how many
+        accounts moved. On one Redis (not a cluster), with the gateways upgraded first."""
+        moved = 0
+        for name, key in self._state_keys().items():
+            if "{" in key:
+                continue
+            for old, new in zip(self._legacy_keys(name), self._keys(name), strict=True):
+                # RENAMENX: never overwrite state a new gateway already wrote under the tag.
+                self._call(
+                    lambda o=old, n=new: self.client.exists(o) and self.client.renamenx(o, n)
                 )
+            moved += 1
+        return moved

@@ -49,7 +49,12 @@ def _run(argv: list[str] | None) -> int:
         help="KEY=VALUE of Triton's --grpc-restricted-protocol (sent as triton-grpc-protocol-KEY)",
     )
     p.add_argument("--manifest", type=Path, help="the repository's same_calibration.json")
-    p.add_argument("--metrics-port", type=int, help="gateway's Prometheus metrics (loopback)")
+    p.add_argument("--metrics-port", type=int, help="gateway's Prometheus metrics port")
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the metrics port (0.0.0.0 in a pod, for Prometheus; no sidecar)",
+    )
     add_account_arguments(p)
     add_debug_argument(p)
     args = p.parse_args(argv)
@@ -62,25 +67,30 @@ def _run(argv: list[str] | None) -> int:
         header = (f"triton-grpc-protocol-{key}", value)
     policy = GatewayPolicy(frozenset(args.public_model or ["same"]), upstream_header=header)
     options = options_from_args(args)
+    manifest = read_manifest_file(args.manifest)
     try:
         gateway = GatewayServer(
             args.listen,
             args.upstream,
             policy,
             auth=options.authenticator(),
-            accounts=options.service(read_manifest_file(args.manifest)),
+            accounts=options.service(manifest),
             metrics_port=args.metrics_port,
             throttle=options.throttle(),
             http_listen=None if args.no_http else args.http_listen,
+            metrics_host=args.metrics_host,
+            admin=options.admin(),
+            audit=options.audit(manifest),
         ).start()
     except OSError as exc:
         print(f"same-gateway: error: {exc}", file=sys.stderr)
         return 1
     host = args.http_listen.rpartition(":")[0]
     http = "" if args.no_http else f", HTTP {host}:{gateway.http_port}"
+    admin = f"; admin API {gateway.admin.url}" if gateway.admin is not None else ""
     print(
         f"same-gateway: gRPC {args.listen}{http} -> {args.upstream}, "
-        f"public: {sorted(policy.public_models)}"
+        f"public: {sorted(policy.public_models)}{admin}"
     )
     signal.signal(signal.SIGTERM, lambda *_: gateway.stop())
     try:

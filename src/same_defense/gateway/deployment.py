@@ -84,6 +84,8 @@ class ProtectedService:
                 metrics_port=self.gateway_metrics_port,
                 throttle=self.accounts.throttle(),
                 http_listen=http,
+                admin=self.accounts.admin(),
+                audit=self.accounts.audit(manifest),
             ).start()
         except BaseException:
             self.triton.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..accounts import AccountService, KeyStore, MemoryStore, RedisStore
@@ -13,6 +13,9 @@ from ..accounts.keys import DEFAULT_KEY_FILE
 from ..accounts.service import FAIL_MODES
 from ..core.accounts import account_settings_from_manifest
 from .accounting import Authenticator, Throttle
+from .admin import DEFAULT_ADMIN_LISTEN, DEFAULT_TOKEN_FILE
+from .audit import DEFAULT_AUDIT_LOG, AuditLog
+from .proxy import AdminOptions
 
 log = logging.getLogger("same.gateway")
 
@@ -27,6 +30,25 @@ class AccountOptions:
     on_store_error: str = "closed"
     account_defense: bool = True  # False: per-query SAME only
     suspected_rate: float | None = None  # requests/s for a suspected account (None: no limit)
+    audit_log: Path | None = None  # the audit trail's file (None: no audit trail)
+    admin_listen: str | None = None  # the admin API's host:port (None: no admin API)
+    admin_token_file: Path = field(default_factory=lambda: DEFAULT_TOKEN_FILE)
+
+    def admin(self) -> AdminOptions | None:
+        if self.admin_listen is None:
+            return None
+        return AdminOptions(self.admin_listen, self.admin_token_file)
+
+    def audit(self, manifest: dict | None) -> AuditLog | None:
+        """The audit trail: the file, and the shared stream when state is in Redis."""
+        if self.audit_log is None:
+            return None
+        settings = account_settings_from_manifest(manifest)
+        return AuditLog(
+            self.audit_log,
+            settings=settings.to_dict() if settings is not None else None,
+            redis_url=self.redis_url,
+        )
 
     def throttle(self) -> Throttle | None:
         return Throttle(self.suspected_rate) if self.suspected_rate else None
@@ -75,6 +97,34 @@ def add_account_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--no-account-defense", action="store_true", help="per-query SAME only (no account test)"
     )
+    add_operator_arguments(p)
+
+
+def add_operator_arguments(p: argparse.ArgumentParser) -> None:
+    """The audit trail and the admin API (docs/operations.md)."""
+    g = p.add_argument_group("operator")
+    audit = g.add_mutually_exclusive_group()
+    audit.add_argument(
+        "--audit-log",
+        type=Path,
+        default=DEFAULT_AUDIT_LOG,
+        help="JSON lines, one per change of an account's standing (rotated; also a Redis "
+        "stream with --redis)",
+    )
+    audit.add_argument("--no-audit-log", action="store_true", help="no audit trail")
+    admin = g.add_mutually_exclusive_group()
+    admin.add_argument(
+        "--admin-listen",
+        default=DEFAULT_ADMIN_LISTEN,
+        help="host:port of the admin API (same-accounts talks to it; keep it on loopback)",
+    )
+    admin.add_argument("--no-admin", action="store_true", help="no admin API")
+    g.add_argument(
+        "--admin-token-file",
+        type=Path,
+        default=DEFAULT_TOKEN_FILE,
+        help="the admin API's token (written with a new random token when missing)",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> AccountOptions:
@@ -85,6 +135,9 @@ def options_from_args(args: argparse.Namespace) -> AccountOptions:
         on_store_error=args.on_store_error,
         account_defense=not args.no_account_defense,
         suspected_rate=args.suspected_rate,
+        audit_log=None if args.no_audit_log else args.audit_log,
+        admin_listen=None if args.no_admin else args.admin_listen,
+        admin_token_file=args.admin_token_file,
     )
 
 

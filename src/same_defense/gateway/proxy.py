@@ -10,12 +10,18 @@ start.
 
 from __future__ import annotations
 
+import logging
 from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
+from tritonclient.grpc import service_pb2
 
 from ..accounts import AccountService
 from .accounting import Authenticator, Throttle
+from .admin import DEFAULT_ADMIN_LISTEN, DEFAULT_TOKEN_FILE, AdminApi, AdminServer
+from .audit import AuditLog, ExpiryWatch, key_changes
 from .metrics import GatewayMetrics
 from .rules import (
     MAX_MESSAGE_BYTES,
@@ -25,6 +31,7 @@ from .rules import (
     GatewayError,
     GatewayPolicy,
 )
+from .upstream import UpstreamChannels
 
 # Metadata that describes the hop, not the request, and the client's API key (it ends at the
 # gateway: Triton never sees or logs it): not forwarded.
@@ -39,7 +46,16 @@ _HOP_HEADERS = {
 
 # Importers (cli, deployment, tests) take the policy and the size limit from here, with the
 # server they configure.
-__all__ = ["MAX_MESSAGE_BYTES", "GatewayPolicy", "GatewayServer"]
+__all__ = ["MAX_MESSAGE_BYTES", "AdminOptions", "GatewayPolicy", "GatewayServer"]
+log = logging.getLogger("same.gateway")
+
+
+@dataclass
+class AdminOptions:
+    """Where the operator's admin API listens (loopback by default) and its token file."""
+
+    listen: str = DEFAULT_ADMIN_LISTEN
+    token_file: Path = field(default_factory=lambda: DEFAULT_TOKEN_FILE)
 
 
 class _Handler(grpc.GenericRpcHandler):
@@ -92,12 +108,18 @@ class GatewayServer:
         metrics_port: int | None = None,
         throttle: Throttle | None = None,
         http_listen: str | None = None,
+        metrics_host: str = "127.0.0.1",
+        admin: AdminOptions | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         """``auth`` is required: a key store, or the explicit anonymous mode. ``accounts``
         enables the account-level defense (None: per-query SAME only). ``metrics_port``
-        serves the gateway's Prometheus metrics on loopback (0: any free port).
-        ``http_listen`` (host:port, port 0: any free one) adds the HTTP front end, which
-        goes through the same rules (None: gRPC only)."""
+        serves the gateway's Prometheus metrics on ``metrics_host`` (loopback unless told;
+        port 0: any free one). ``http_listen`` (host:port, port 0: any free one) adds the
+        HTTP front end, which goes through the same rules (None: gRPC only). ``upstream``
+        is one Triton address, several separated by commas (round robin), or ``dns:///``.
+        ``admin`` starts the operator's admin API on its own address; ``audit`` records
+        every change of an account's standing."""
         if auth is None:
             raise ValueError("the gateway needs an Authenticator (API keys or anonymous=True)")
         options = [
@@ -111,7 +133,11 @@ class GatewayServer:
         self.metrics = GatewayMetrics()
         if accounts is not None:
             accounts.on_suspicion.append(lambda *_: self.metrics.suspicions.inc())
-        self._channel = grpc.insecure_channel(upstream, options=options)
+        self.audit = audit
+        self._policy_name: str | None = None
+        if audit is not None:
+            self._wire_audit(audit, auth, accounts)
+        self._channel = UpstreamChannels(upstream, options)
         self.core = GatewayCore(self._channel, self.policy, auth, accounts, self.metrics, throttle)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
         self._server.add_generic_rpc_handlers((_Handler(self.core),))
@@ -128,7 +154,62 @@ class GatewayServer:
             except OSError as exc:
                 self._channel.close()
                 raise OSError(f"gateway cannot listen on {http_listen} (HTTP): {exc}") from exc
-        self.metrics_port = self.metrics.serve(metrics_port) if metrics_port is not None else None
+        self.metrics_port = (
+            self.metrics.serve(metrics_port, metrics_host) if metrics_port is not None else None
+        )
+        self.admin = None
+        if admin is not None:
+            self._check_admin_address(admin.listen, http_listen)
+            api = AdminApi(accounts, auth.keys, audit)
+            self.admin = AdminServer(admin.listen, admin.token_file, api)
+
+    def _check_admin_address(self, listen: str, http_listen: str | None) -> None:
+        """The admin API never shares a port with the public front ends."""
+        port = int(listen.rpartition(":")[2] or 0)
+        public = {self.port, self.http_port}
+        if port and port in public:
+            self._channel.close()
+            raise OSError(f"admin API on {listen}: that port is a public one ({http_listen})")
+
+    def _wire_audit(
+        self, audit: AuditLog, auth: Authenticator, accounts: AccountService | None
+    ) -> None:
+        if audit.policy is None:
+            audit.policy = self._defense_policy
+        if accounts is not None:
+            watch = ExpiryWatch(accounts.store, accounts.settings, audit, accounts.clock)
+            accounts.store = watch
+            accounts.on_suspicion.append(
+                lambda account, state: audit.suspected(account, state, tier=watch.tier(state))
+            )
+        if auth.keys is not None:
+
+            def keys_changed(before: dict, after: dict) -> None:
+                for kind, account in key_changes(before, after):
+                    audit.event(kind, account, key_file=str(auth.keys.path))
+
+            auth.keys.on_change.append(keys_changed)
+            try:
+                auth.keys.refresh()  # the baseline, so the first change is seen as one
+            except Exception as exc:  # a broken key file: the first call reports it
+                log.warning("key file: %s", exc)
+
+    def _defense_policy(self) -> str | None:
+        """The response policy Triton's ``defense`` step applies (its config), for the audit
+        trail; asked once, None while Triton cannot say."""
+        if self._policy_name is not None:
+            return self._policy_name
+        request = service_pb2.ModelConfigRequest(name="defense").SerializeToString()
+        try:
+            call = self._channel.unary_unary(SERVICE + "ModelConfig")
+            metadata = [self.policy.upstream_header] if self.policy.upstream_header else []
+            raw = call(request, metadata=metadata, timeout=2.0)
+        except grpc.RpcError:
+            return None
+        config = service_pb2.ModelConfigResponse.FromString(raw).config
+        parameter = config.parameters.get("policy")
+        self._policy_name = parameter.string_value if parameter is not None else ""
+        return self._policy_name or None
 
     @property
     def http_port(self) -> int | None:
@@ -138,14 +219,20 @@ class GatewayServer:
         self._server.start()
         if self.http is not None:
             self.http.start()
+        if self.admin is not None:
+            self.admin.start()
         return self
 
     def stop(self, grace_s: float = 5.0) -> None:
         if self.http is not None:
             self.http.stop(grace_s)
         self._server.stop(grace_s).wait()
+        if self.admin is not None:
+            self.admin.stop()
         self._channel.close()
         self.metrics.close()
+        if self.audit is not None:
+            self.audit.close()
 
     def wait(self) -> None:
         self._server.wait_for_termination()
