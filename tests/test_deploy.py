@@ -139,9 +139,12 @@ def test_selectors_and_autoscaler_targets_match():
     }
     for o in objs:
         if o["kind"] == "Service":
-            target = workloads[o["metadata"]["name"]]
-            labels = target["spec"]["template"]["metadata"]["labels"]
-            assert o["spec"]["selector"].items() <= labels.items()
+            (target,) = [
+                w
+                for w in workloads.values()
+                if o["spec"]["selector"].items()
+                <= w["spec"]["template"]["metadata"]["labels"].items()
+            ]
             names = {
                 p["name"]
                 for c in target["spec"]["template"]["spec"]["containers"]
@@ -190,9 +193,12 @@ def test_gateway_arguments_are_accepted_by_the_real_cli(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "GatewayServer", Refuse)
     args = [a.replace("$(SAME_GATEWAY_KEY)", "k3y") for a in gateway_args(DeploySettings())]
     assert cli.main(args) == 1  # argparse errors would exit 2 before this
-    assert seen["upstream"] == "same-triton.same.svc:8001"
+    assert seen["upstream"] == "dns:///same-triton-pods.same.svc:8001"  # every pod, per call
     assert seen["header"] == ("triton-grpc-protocol-same-gateway-key", "k3y")
     assert seen["http_listen"] == "0.0.0.0:8000" and seen["metrics_port"] == 8003
+    assert seen["metrics_host"] == "0.0.0.0"  # scraped on the pod's address: no sidecar
+    assert seen["admin"].listen == "127.0.0.1:8004"  # the admin API stays on loopback
+    assert str(seen["audit"].path) == "/var/log/same/audit.jsonl"
 
 
 def test_external_redis_renders_no_statefulset():

@@ -1,23 +1,24 @@
-"""Gateway objects: the Deployment (with its metrics forwarder), the public Service, the HPA."""
+"""Gateway objects: the Deployment, the public Service, the HPA."""
 
 from __future__ import annotations
 
 from ..core.manifest import MANIFEST_NAME
 from .settings import (
+    GATEWAY_ADMIN_PORT,
     GATEWAY_GRPC_PORT,
     GATEWAY_HTTP_PORT,
     GATEWAY_METRICS_PORT,
-    METRICS_PROXY_PORT,
     TRITON_GRPC_PORT,
     UPSTREAM_KEY_HEADER,
     DeploySettings,
 )
 from .shapes import (
+    ADMIN_SECRET,
     GATEWAY,
     GATEWAY_RATE_METRIC,
     KEYS_SECRET,
     REPOSITORY_IN_IMAGE,
-    TRITON,
+    TRITON_PODS,
     _deployment,
     _hardened,
     _hpa,
@@ -28,9 +29,12 @@ from .shapes import (
     _service,
 )
 
+AUDIT_DIR = "/var/log/same"
+
 
 def gateway_args(s: DeploySettings) -> list[str]:
-    upstream = f"{TRITON}.{s.namespace}.svc:{TRITON_GRPC_PORT}"
+    # Every Triton pod through the headless Service, balanced per call (gateway/upstream.py).
+    upstream = f"dns:///{TRITON_PODS}.{s.namespace}.svc:{TRITON_GRPC_PORT}"
     return [
         "--listen",
         f"0.0.0.0:{GATEWAY_GRPC_PORT}",
@@ -48,8 +52,17 @@ def gateway_args(s: DeploySettings) -> list[str]:
         s.redis_target,
         "--on-store-error",
         s.on_store_error,
+        "--metrics-host",
+        "0.0.0.0",
         "--metrics-port",
         str(GATEWAY_METRICS_PORT),
+        "--admin-listen",
+        f"127.0.0.1:{GATEWAY_ADMIN_PORT}",
+        "--admin-token-file",
+        "/etc/same/admin/token",
+        # The pod's copy of the trail; the shared, lasting one is the Redis stream.
+        "--audit-log",
+        f"{AUDIT_DIR}/audit.jsonl",
     ]
 
 
@@ -63,6 +76,7 @@ def gateway_deployment(s: DeploySettings) -> dict:
         "ports": [
             {"name": "grpc", "containerPort": GATEWAY_GRPC_PORT},
             {"name": "http", "containerPort": GATEWAY_HTTP_PORT},
+            {"name": "metrics", "containerPort": GATEWAY_METRICS_PORT},
         ],
         # The gateway's own KServe health endpoints: no key needed.
         "readinessProbe": _http_probe("/v2/health/ready", "http", 5, 3),
@@ -74,23 +88,9 @@ def gateway_deployment(s: DeploySettings) -> dict:
         "volumeMounts": [
             {"name": "keys", "mountPath": "/etc/same/keys", "readOnly": True},
             {"name": "calibration", "mountPath": "/calibration", "readOnly": True},
+            {"name": "admin-token", "mountPath": "/etc/same/admin", "readOnly": True},
+            {"name": "audit", "mountPath": AUDIT_DIR},
         ],
-    }
-    # The gateway serves its metrics on 127.0.0.1 only; this forwarder publishes them on the
-    # pod's address for Prometheus (drop it once the gateway can bind its metrics elsewhere).
-    metrics = {
-        "name": "metrics-proxy",
-        "image": s.metrics_proxy_image,
-        "args": [
-            f"TCP-LISTEN:{METRICS_PROXY_PORT},fork,reuseaddr",
-            f"TCP:127.0.0.1:{GATEWAY_METRICS_PORT}",
-        ],
-        "ports": [{"name": "metrics", "containerPort": METRICS_PROXY_PORT}],
-        "resources": {
-            "requests": {"cpu": "10m", "memory": "16Mi"},
-            "limits": {"memory": "64Mi"},
-        },
-        "securityContext": _hardened(10001),
     }
     init = {
         "name": "calibration",
@@ -106,14 +106,16 @@ def gateway_deployment(s: DeploySettings) -> dict:
     }
     pod = {
         "initContainers": [init],
-        "containers": [gateway, metrics],
+        "containers": [gateway],
         "terminationGracePeriodSeconds": 30,
         "volumes": [
             {"name": "keys", "secret": {"secretName": KEYS_SECRET}},
             {"name": "calibration", "emptyDir": {}},
+            {"name": "admin-token", "secret": {"secretName": ADMIN_SECRET}},
+            {"name": "audit", "emptyDir": {"sizeLimit": "256Mi"}},
         ],
     }
-    return _deployment(GATEWAY, s, s.gateway_replicas, pod, _scrape(METRICS_PROXY_PORT))
+    return _deployment(GATEWAY, s, s.gateway_replicas, pod, _scrape(GATEWAY_METRICS_PORT))
 
 
 def gateway_service(s: DeploySettings) -> dict:

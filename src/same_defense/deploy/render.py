@@ -2,7 +2,8 @@
 
     Internet -> Service same-gateway (LoadBalancer: gRPC 8001, HTTP 8000)
              -> Deployment same-gateway (N replicas, HPA: CPU + requests/s per pod)
-                  -> Service same-triton (ClusterIP) -> Deployment same-triton (HPA: queue time)
+                  -> Service same-triton-pods (headless; the gateways balance per call)
+                     -> Deployment same-triton (HPA: queue time)
                   -> Redis (StatefulSet same-redis, or an operator's URL): account state
 
 Triton is never public: its Service is cluster-internal, a NetworkPolicy admits only gateway
@@ -27,6 +28,7 @@ from .triton import (
     triton_args,
     triton_deployment,
     triton_hpa,
+    triton_pods_service,
     triton_service,
 )
 
@@ -45,6 +47,7 @@ __all__ = [
     "triton_args",
     "triton_deployment",
     "triton_hpa",
+    "triton_pods_service",
     "triton_service",
 ]
 
@@ -63,6 +66,7 @@ def render(s: DeploySettings | None = None) -> dict[str, list[dict]]:
             config_map(s),
             triton_deployment(s),
             triton_service(s),
+            triton_pods_service(s),
             _pdb(TRITON, s),
             triton_hpa(s),
         ],

@@ -28,10 +28,12 @@ TRITON_METRICS_PORT: int = _default(EmbeddedTriton, "metrics_port")
 # The gateway's public ports, as `same-serve` publishes them.
 GATEWAY_GRPC_PORT: int = _default(ProtectedService, "public_port")
 GATEWAY_HTTP_PORT: int = _default(ProtectedService, "http_port")
-# `same-serve --gateway-metrics-port` default. The gateway binds its metrics to loopback
-# (gateway/metrics.py), so the pod publishes them through a forwarder on METRICS_PROXY_PORT.
+# `same-serve --gateway-metrics-port` default; in a pod the gateway binds it on every
+# address (`--metrics-host 0.0.0.0`) so Prometheus scrapes it with no forwarder.
 GATEWAY_METRICS_PORT = 8003
-METRICS_PROXY_PORT = 9103
+# The admin API (`same-gateway --admin-listen`), on the pod's loopback only: reached with
+# `kubectl port-forward`, never through a Service.
+GATEWAY_ADMIN_PORT = 8004
 REDIS_PORT = 6379
 
 RESTRICTED = RESTRICTED_CATEGORIES
@@ -61,7 +63,6 @@ class DeploySettings:
     gateway_image: str = "registry.example.com/same-defense/gateway:0.1.0"
     repository_image: str = "registry.example.com/same-defense/model-repository:0.1.0"
     redis_image: str = "redis:7.0-alpine"
-    metrics_proxy_image: str = "alpine/socat:1.8.0.0"
     # Replicas and autoscaling.
     triton_replicas: int = 2
     triton_max_replicas: int = 8
@@ -83,6 +84,13 @@ class DeploySettings:
     # operator's or a managed Redis) renders none and points the gateways at it.
     redis_url: str | None = None
     on_store_error: str = "closed"
+    # Alerts (deploy/monitoring/): the calibrated per-query FPR (the manifest's target_fpr
+    # with same-deploy --repository), how far the flag rate may stray from it (a factor,
+    # either way) over how many queries, and how many new suspicions in 10 minutes are a burst.
+    target_fpr: float = 0.01
+    flag_rate_factor: float = 3.0
+    flag_rate_min_queries: int = 1000
+    suspicion_burst: int = 5
 
     @property
     def redis_target(self) -> str:

@@ -8,7 +8,11 @@ from .settings import (
 
 PART_OF = "same-defense"
 TRITON, GATEWAY, REDIS = "same-triton", "same-gateway", "same-redis"
+# Headless Service over the Triton pods: the gateway resolves it (dns:///) and balances its
+# calls over every pod, where the ClusterIP Service would pin each gateway to one pod.
+TRITON_PODS = "same-triton-pods"
 KEY_SECRET, KEYS_SECRET = "same-triton-key", "same-api-keys"  # see deploy/README.md
+ADMIN_SECRET = "same-admin-token"
 CONFIG_MAP = "same-model-configs"
 ADAPTER_RULES = "same-prometheus-adapter-rules"
 MODELS_DIR, CONFIGS_DIR, REPOSITORY_IN_IMAGE = "/models", "/configs", "/repository"

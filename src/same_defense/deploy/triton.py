@@ -19,6 +19,7 @@ from .shapes import (
     MODELS_DIR,
     REPOSITORY_IN_IMAGE,
     TRITON,
+    TRITON_PODS,
     TRITON_QUEUE_METRIC,
     _deployment,
     _hardened,
@@ -152,3 +153,12 @@ def triton_hpa(s: DeploySettings) -> dict:
         s.triton_max_replicas,
         [_pods_metric(TRITON_QUEUE_METRIC, s.triton_queue_us_target)],
     )
+
+
+def triton_pods_service(s: DeploySettings) -> dict:
+    """Headless: DNS answers every ready Triton pod's address, so the gateways' gRPC
+    round-robin policy (``--upstream dns:///...``) spreads calls over all of them."""
+    service = _service(TRITON_PODS, s, [("grpc", TRITON_GRPC_PORT)])
+    service["spec"]["selector"] = _service(TRITON, s, [])["spec"]["selector"]
+    service["spec"]["clusterIP"] = "None"
+    return service
