@@ -219,7 +219,7 @@ def dashboard(s: DeploySettings) -> dict:
         ),
         _panel(
             4,
-            "Queries answered for suspected accounts",
+            "Samples answered by account state (suspected: with the policy)",
             [
                 (
                     f"sum by (account_state) (rate(same_gateway_queries_total{rate}))",
@@ -233,7 +233,7 @@ def dashboard(s: DeploySettings) -> dict:
         ),
         _panel(
             5,
-            "SAME score quantiles (threshold = 1.0 bucket line)",
+            "SAME score quantiles (buckets: multiples of the threshold)",
             [
                 (f"histogram_quantile(0.5, {score})", "p50"),
                 (f"histogram_quantile(0.99, {score})", "p99"),
