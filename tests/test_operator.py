@@ -246,3 +246,24 @@ def test_redis_keys_carry_hash_tags_and_legacy_keys_are_read_and_migrated(tmp_pa
         assert [(e["event"], e["account"]) for e in events] == [("cleared", "bob")]
     finally:
         redis_server.stop()
+
+
+def test_confirm_goes_to_the_service_where_it_has_one(admin, capsys):
+    server, service, _, cli = admin
+    api = server._http.api
+    if not hasattr(service, "confirm"):  # an account test without a graded response
+        assert accounts_main([*cli, "confirm", "thief"]) == 1
+        assert "nothing to confirm" in capsys.readouterr().err
+
+        def confirm(account: str) -> AccountState:
+            state = service.store.get(account)
+            service.store.put(account, state)
+            return state
+
+        service.confirm = confirm
+    _suspect(service, "thief")
+    assert accounts_main([*cli, "confirm", "thief"]) == 0
+    assert "confirmed 'thief'" in capsys.readouterr().out
+    api.audit.close()
+    events = [e["event"] for e in read_file_events(api.audit.path)]
+    assert events[-1] == "confirmed"

@@ -6,6 +6,7 @@
     same-accounts suspected               # accounts under suspicion, with their statistics
     same-accounts show alice              # one account's state
     same-accounts clear alice             # lift a suspicion (the test starts again)
+    same-accounts confirm alice           # confirm one (graded response: the policy applies)
     same-accounts events --since 1h       # the audit trail (JSON lines)
     same-accounts suspected --redis URL   # the same, read from the shared Redis store
     same-accounts migrate-keys --redis URL  # once, after upgrading: keys with hash tags
@@ -144,6 +145,21 @@ def _clear(args: argparse.Namespace, keys: KeyStore) -> None:
     print(f"cleared {args.account!r} (cleared {state.get('cleared', '?')} time(s) so far)")
 
 
+def _confirm(args: argparse.Namespace, keys: KeyStore) -> None:
+    """Confirm a suspicion where the account test grades its answer (the policy applies)."""
+    if args.redis:
+        service = _service(args)
+        if not hasattr(service, "confirm"):
+            raise ValueError("this account test has nothing to confirm")
+        state = service.confirm(args.account)
+        AuditLog(None, gateway="same-accounts", redis_url=args.redis).event(
+            "confirmed", args.account, state, by="same-accounts --redis"
+        )
+    else:
+        _admin(args).call("POST", f"/v1/accounts/{args.account}/confirm")
+    print(f"confirmed {args.account!r}")
+
+
 def _events(args: argparse.Namespace, keys: KeyStore) -> None:
     since = parse_since(args.since) if args.since else 0.0
     if args.redis:
@@ -178,13 +194,14 @@ COMMANDS = {
     "revoke": _revoke,
     "show": _show,
     "clear": _clear,
+    "confirm": _confirm,
     "list": _list,
     "suspected": _suspected,
     "events": _events,
     "migrate-keys": _migrate_keys,
 }
 # The subcommands that name one account.
-ACCOUNT_COMMANDS = ("add", "revoke", "show", "clear")
+ACCOUNT_COMMANDS = ("add", "revoke", "show", "clear", "confirm")
 
 
 def _common_options(p: argparse.ArgumentParser, defaults: bool) -> None:

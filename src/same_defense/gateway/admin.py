@@ -10,6 +10,8 @@ secret of its own in a file: a client's API key opens nothing here.
     GET  /v1/accounts                   every account the store knows
     GET  /v1/accounts/NAME              one account: state, whether suspected, its key
     POST /v1/accounts/NAME/clear        lift a suspicion (the test starts again)
+    POST /v1/accounts/NAME/confirm      confirm it (where the account test has a graded
+                                        response: the policy applies from then on)
     POST /v1/accounts/NAME/revoke       revoke the account's key in the gateway's key file
     POST /v1/keys/reload                re-read the key file now (logs key changes)
 
@@ -41,7 +43,7 @@ from .audit import AuditLog
 
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:8004"
 DEFAULT_TOKEN_FILE = Path("accounts/admin-token")
-_ACCOUNT_PATH = re.compile(r"^/v1/accounts/([^/]+)(?:/(clear|revoke))?$")
+_ACCOUNT_PATH = re.compile(r"^/v1/accounts/([^/]+)(?:/(clear|confirm|revoke))?$")
 
 log = logging.getLogger("same.gateway.admin")
 
@@ -139,6 +141,17 @@ class AdminApi:
             )
         return {"account": account, "before": before.to_dict(), "state": state.to_dict()}
 
+    def confirm(self, account: str) -> dict:
+        """The operator confirms a suspicion, where the service offers it (graded response)."""
+        service = self._service()
+        confirm = getattr(service, "confirm", None)
+        if confirm is None:
+            raise AdminError(HTTPStatus.NOT_IMPLEMENTED, "this account test has nothing to confirm")
+        state = confirm(account)
+        if self.audit is not None:
+            self.audit.event("confirmed", account, state, by="admin-api")
+        return self._entry(account, state)
+
     def revoke(self, account: str) -> dict:
         if self.keys is None:
             raise AdminError(HTTPStatus.CONFLICT, "this gateway runs without keys (anonymous)")
@@ -174,6 +187,7 @@ class AdminApi:
         if not ACCOUNT_NAME.match(account) and not account.startswith("peer:"):
             raise AdminError(HTTPStatus.BAD_REQUEST, f"not an account name: {account!r}")
         calls = {("GET", None): self.show, ("POST", "clear"): self.clear}
+        calls[("POST", "confirm")] = self.confirm
         calls[("POST", "revoke")] = self.revoke
         if (method, action) not in calls:
             raise AdminError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} {path} is not allowed")

@@ -1,13 +1,13 @@
 """The audit trail: one JSON line per change of an account's standing.
 
 Events: ``suspected`` (the account test fired), ``escalated`` (a graded response moved the
-account to a stronger tier), ``cleared`` (an operator lifted a suspicion),
-``expired`` (a suspicion outlived ``suspicion_ttl_s``; noticed at the account's next request),
-``key_added`` and ``key_revoked`` (seen when the gateway reloads its key file, whoever edited
-it). Each line carries the time, the account, the gateway that saw it, the account's counts
-so far, its whole statistic (``AccountState.to_dict()``, whatever fields it has), the test's
-settings and the response policy: what a provider hands to a customer who disputes a
-suspicion.
+account to a stronger tier), ``confirmed`` and ``cleared`` (an operator confirmed or lifted a
+suspicion), ``expired`` (a suspicion outlived ``suspicion_ttl_s``; noticed at the account's
+next request), ``key_added`` and ``key_revoked`` (seen when the gateway reloads its key file,
+whoever edited it). Each line carries the time, the account, the gateway that saw it, the
+account's counts so far, its whole statistic (``AccountState.to_dict()``, whatever fields it
+has), the test's settings and the response policy: what a provider hands to a customer who
+disputes a suspicion.
 
 The file is rotated (:class:`logging.handlers.RotatingFileHandler`); with Redis every event
 also goes to a capped stream (``XADD ... MAXLEN ~``) so that several gateways share one trail.
@@ -34,7 +34,15 @@ from ..core.accounts import AccountSettings, AccountState
 DEFAULT_AUDIT_LOG = Path("logs/audit.jsonl")
 AUDIT_STREAM = "same:audit"
 STREAM_MAXLEN = 100_000  # events kept in the shared stream (approximate trim)
-EVENTS = ("suspected", "escalated", "cleared", "expired", "key_added", "key_revoked")
+EVENTS = (
+    "suspected",
+    "escalated",
+    "confirmed",
+    "cleared",
+    "expired",
+    "key_added",
+    "key_revoked",
+)
 
 log = logging.getLogger("same.audit")
 
