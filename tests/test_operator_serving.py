@@ -11,7 +11,6 @@ import json
 import urllib.error
 import urllib.request
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
@@ -41,11 +40,17 @@ def digits(tiny_repository):
     return split_dataset(load_dataset(manifest["dataset"]), seed=manifest["seed"]).test.images[:32]
 
 
-def _operate(tiny_repository, work, digits, redis_url=None):
+@pytest.fixture(scope="module")
+def truth(tiny_repository, digits):
+    """The victim's own labels for ``digits`` (no policy applied)."""
+    return InProcessSame(tiny_repository, policy="monitor").infer(digits).labels
+
+
+def _operate(tiny_repository, work, digits, truth, redis_url=None):
     """Suspect a noise thief, then list, show and clear it with `same-accounts`; returns
     the CLI's arguments and the audit log's path."""
     keys = KeyStore(work / "keys.json")
-    key = {name: keys.add(name) for name in ("alice", "thief")}
+    key = {"thief": keys.add("thief")}
     audit_log, token = work / "logs" / "audit.jsonl", work / "admin-token"
     options = AccountOptions(
         keys.path,
@@ -65,13 +70,11 @@ def _operate(tiny_repository, work, digits, redis_url=None):
             for start in range(0, 64, 16):
                 thief.classify(noise[start : start + 16])
         assert service.gateway.accounts.is_suspected("thief")
-        with SameClient(service.public_url, api_key=key["alice"]) as alice:
-            honest = alice.classify(digits).labels
         _list_show_clear(cli)
         assert not service.gateway.accounts.is_suspected("thief")
         with SameClient(service.public_url, api_key=key["thief"]) as thief:
-            after = thief.classify(digits).labels  # its next request: answered as anyone's
-        np.testing.assert_array_equal(after, honest)
+            after = thief.classify(digits).labels  # its next request: the true answers
+        assert (after == truth).mean() > 0.8
     return cli, audit_log
 
 
@@ -110,14 +113,21 @@ def _run(argv: list[str]) -> str:
     return out.getvalue()
 
 
+def _standing(events: list[dict]) -> list[str]:
+    """The events, less ``escalated`` (a graded response may raise the tier in between)."""
+    return [e["event"] for e in events if e["event"] != "escalated"]
+
+
 def _events(cli: list[str]) -> list[dict]:
     return [json.loads(line) for line in _run([*cli, "events", "--since", "1h"]).splitlines()]
 
 
-def test_in_memory_default_operator_sees_and_clears_a_suspicion(tiny_repository, tmp_path, digits):
-    cli, audit_log = _operate(tiny_repository, tmp_path, digits)
+def test_in_memory_default_operator_sees_and_clears_a_suspicion(
+    tiny_repository, tmp_path, digits, truth
+):
+    cli, audit_log = _operate(tiny_repository, tmp_path, digits, truth)
     events = [e for e in _events(cli) if e["account"] == "thief"]
-    assert [e["event"] for e in events] == ["suspected", "cleared"]
+    assert _standing(events) == ["suspected", "cleared"]
     suspected = events[0]
     assert suspected["distinct"] >= suspected["suspected_at_query"] > 0
     assert suspected["policy"] == "misinformation" and "settings" in suspected
@@ -125,19 +135,19 @@ def test_in_memory_default_operator_sees_and_clears_a_suspicion(tiny_repository,
 
 
 @pytest.mark.redis
-def test_with_redis_operator_sees_and_clears_a_suspicion(tiny_repository, tmp_path, digits):
+def test_with_redis_operator_sees_and_clears_a_suspicion(tiny_repository, tmp_path, digits, truth):
     redis_server = LocalRedis(tmp_path / "redis").start()
     try:
-        cli, audit_log = _operate(tiny_repository, tmp_path, digits, redis_server.url)
+        cli, audit_log = _operate(tiny_repository, tmp_path, digits, truth, redis_server.url)
         events = [e for e in _events(cli) if e["account"] == "thief"]  # the shared stream
-        assert [e["event"] for e in events] == ["suspected", "cleared"]
-        assert events[1]["by"] == "same-accounts --redis"
+        assert _standing(events) == ["suspected", "cleared"]
+        assert events[-1]["by"] == "same-accounts --redis"
         keys = RedisStore(redis_server.url).client.keys("same:acct:*")
         assert keys and all("{" in k for k in keys)  # hash-tagged: one slot per account
     finally:
         redis_server.stop()
     in_file = _events(["--audit-log", str(audit_log)])
-    assert [e["event"] for e in in_file if e["account"] == "thief"] == ["suspected"]
+    assert _standing([e for e in in_file if e["account"] == "thief"]) == ["suspected"]
 
 
 def test_one_gateway_spreads_calls_over_two_tritons(tiny_repository, server, tmp_path, digits):
