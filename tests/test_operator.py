@@ -106,6 +106,16 @@ def test_key_store_tells_listeners_what_changed(tmp_path):
     assert sorted(seen) == [("key_added", "bob"), ("key_revoked", "alice")]
 
 
+def test_events_name_the_accounts_group_where_the_key_file_has_one(tmp_path):
+    groups = {"alice": "acme"}
+    audit = AuditLog(tmp_path / "audit.jsonl", gateway="gw", group_of=groups.get)
+    audit.event("cleared", "alice")
+    audit.event("cleared", "bob")
+    audit.close()
+    events = list(read_file_events(tmp_path / "audit.jsonl"))
+    assert events[0]["group"] == "acme" and "group" not in events[1]
+
+
 def test_an_expired_suspicion_is_logged_once(tmp_path):
     clock = Clock()
     audit = AuditLog(tmp_path / "audit.jsonl", gateway="gw", clock=clock)

@@ -66,6 +66,8 @@ class AuditLog:
     # The response policy the ensemble applies, or a function that asks Triton for it.
     policy: str | Callable[[], str | None] | None = None
     redis_url: str | None = None
+    # The account's group (customer record) where the key file keeps one (KeyStore.group_of).
+    group_of: Callable[[str], str | None] | None = None
     max_bytes: int = 10 * 1024 * 1024
     backups: int = 5
     clock: Callable[[], float] = time.time
@@ -92,7 +94,11 @@ class AuditLog:
         metrics through the warning)."""
         now = self.clock()
         record: dict = {"time": _iso(now), "ts": round(now, 3), "event": kind}
-        record.update(account=account, gateway=self.gateway)
+        record["account"] = account
+        group = self._group(account)
+        if group is not None:
+            record["group"] = group
+        record["gateway"] = self.gateway
         if state is not None:
             stats = state.to_dict()
             record.update(distinct=stats.get("distinct"), queries=stats.get("queries"))
@@ -109,6 +115,14 @@ class AuditLog:
                 self._write(line)
         self._publish(line)
         return record
+
+    def _group(self, account: str) -> str | None:
+        if self.group_of is None:
+            return None
+        try:
+            return self.group_of(account)
+        except Exception:  # a broken key file must not lose the event
+            return None
 
     def _write(self, line: str) -> None:
         try:

@@ -183,6 +183,8 @@ class GatewayServer:
                 lambda account, state: audit.suspected(account, state, tier=watch.tier(state))
             )
         if auth.keys is not None:
+            if audit.group_of is None:
+                audit.group_of = getattr(auth.keys, "group_of", None)
 
             def keys_changed(before: dict, after: dict) -> None:
                 for kind, account in key_changes(before, after):
