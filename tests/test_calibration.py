@@ -18,14 +18,17 @@ def test_threshold_rejects_bad_input():
         threshold_at_fpr(np.array([1.0]), 0.0)
 
 
-def test_classes_with_too_few_scores_are_left_out_of_the_account_test():
+def test_small_classes_get_loose_bounds_and_empty_ones_are_left_out():
     from same_defense.export.calibration import account_settings_for, testable_references
 
     rng = np.random.default_rng(0)
     reference = [sorted(rng.random(n).tolist()) for n in (40, 4, 0, 25)]
     usable, left_out = testable_references(reference)
-    assert left_out == [1]  # 4 scores cannot bound the honest rate below p1 = 0.8
-    assert usable[1] == [] and usable[0] == reference[0] and usable[3] == reference[3]
-    with pytest.raises(ValueError, match="too few calibration scores"):
-        account_settings_for(reference)
-    assert account_settings_for(usable).p0 < 0.8
+    assert left_out == [2]  # no score at all: its queries get p = 1 and never exceed
+    settings = account_settings_for(usable)
+    middle = settings.levels.index(0.2)
+    # the fewer scores, the looser the bound of the honest rate; never tighter than 0.2
+    assert (
+        0.2 < settings.bounds[0][middle] < settings.bounds[3][middle] < settings.bounds[1][middle]
+    )
+    assert settings.bounds[2] == (0.999,) * len(settings.levels)

@@ -51,15 +51,16 @@ def test_classify_returns_probabilities_and_labels(server):
 
 
 def test_score_and_flag_never_leave_triton_only_the_internal_pvalue(server, tiny_repository):
-    # Triton itself (internal; behind the gateway, which strips the p-value: see
-    # test_account_gateway.py) returns the answer and the account test's p-value, which is
-    # the class-conditional rank of the score, never the score or the flag.
+    # Triton itself (internal; behind the gateway, which strips it: see
+    # test_account_gateway.py) returns the answer and the account test's evidence per query:
+    # the class-conditional rank of the score, the predicted class and the flag's bit, never
+    # the score itself.
     x = _digits(3)
     result = _raw_infer(server, x)
     names = {o.name for o in result.get_response().outputs}
     assert names == {"PROBS", "LABEL", "ACCOUNT_PVALUE"}
-    expected = InProcessSame(tiny_repository).infer(x).pvalues
-    np.testing.assert_allclose(result.as_numpy("ACCOUNT_PVALUE").reshape(-1), expected, rtol=1e-6)
+    expected = InProcessSame(tiny_repository).infer(x).evidence()
+    np.testing.assert_allclose(result.as_numpy("ACCOUNT_PVALUE"), expected, rtol=1e-6)
 
 
 def test_server_answers_equal_the_in_process_pipeline(server, tiny_repository):

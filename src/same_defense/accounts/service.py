@@ -1,7 +1,8 @@
 """The account-level defense over a store: the one code path of the gateway and the evaluation.
 
-Before a request: is the caller suspected (then every answer follows the response policy)?
-After it: feed the request's class-conditional p-values to the caller's CUSUM
+Before a request: at which tier is the caller answered ("", "review": top-1 labels only,
+"suspected": the response policy on every query)? After it: feed the request's evidence
+(class-conditional p-values, predicted classes, flags) to the caller's bank of CUSUMs
 (``same_defense.core.accounts``), counting each distinct sample once.
 
 When the store is down, ``on_store_error`` decides: ``"closed"`` refuses service
@@ -19,7 +20,18 @@ from typing import TypeVar
 
 import numpy as np
 
-from ..core.accounts import AccountSettings, AccountState, clear_suspicion, update_state
+from ..core.accounts import (
+    SUSPECTED,
+    TIERS,
+    AccountSettings,
+    AccountState,
+    clear_suspicion,
+    combined_tier,
+    confirm_suspicion,
+    update_state,
+)
+from .links import link_state_name
+from .population import PopulationMonitor
 from .store import AccountStore, MemoryStore, StoreUnavailable
 
 FAIL_MODES = ("closed", "open")
@@ -46,12 +58,21 @@ def sample_hashes(images: np.ndarray | bytes, count: int | None = None) -> list[
 
 
 class AccountService:
+    """The account-level defense over a store: tiers, links and the population monitor.
+
+    ``links`` of a call (its network, its key's group; :mod:`.links`) have states of their
+    own, fed with every query of every account behind them; ``population`` tells a drift of
+    many unrelated accounts from theft (:mod:`.population`). ``population=None`` turns the
+    drift hold off (every alarm is acted on).
+    """
+
     def __init__(
         self,
         settings: AccountSettings,
         store: AccountStore | None = None,
         on_store_error: str = "closed",
         clock: Callable[[], float] = time.time,
+        population: PopulationMonitor | None = None,
     ) -> None:
         if on_store_error not in FAIL_MODES:
             raise ValueError(f"on_store_error must be one of {FAIL_MODES}, got {on_store_error!r}")
@@ -59,9 +80,12 @@ class AccountService:
         self.store = store if store is not None else MemoryStore(settings.dedupe_window)
         self.on_store_error = on_store_error
         self.clock = clock
+        self.population = population
         self.store_errors = 0
         # Called with (account, state) when an account becomes suspected (e.g. a metric).
         self.on_suspicion: list[Callable[[str, AccountState], None]] = []
+        # Called with (accounts held, time) when the population monitor raises the drift alert.
+        self.on_drift: list[Callable[[list[str], float], None]] = []
 
     def _unavailable(self, exc: StoreUnavailable) -> None:
         self.store_errors += 1
@@ -70,63 +94,158 @@ class AccountService:
         log.warning("%s: failing open", exc)
 
     def is_suspected(self, account: str) -> bool:
+        return bool(self.tier(account))
+
+    def tier(self, account: str, links: tuple[str, ...] = ()) -> str:
+        """How ``account`` (calling with ``links``) is answered now: "", "review", "suspected"."""
         try:
-            state = self.store.get(account)
+            own = self.store.get(account)
+            linked = [self.store.get(link_state_name(link)) for link in links]
         except StoreUnavailable as exc:
             self._unavailable(exc)
-            return False
-        return state.is_suspected(self.clock(), self.settings)
+            return ""
+        return combined_tier(own, linked, self.clock(), self.settings)
 
-    def record(self, account: str, pvalues: np.ndarray, hashes: list[str]) -> AccountState | None:
-        """Feed one request into the account's test; the new state (None if failing open)."""
-        now = self.clock()
-        before: list[bool] = []
+    def _update(self, name: str, evidence: np.ndarray, hashes: list[str], now: float):
+        before: list[AccountState] = []
 
         def update(state: AccountState, is_new: np.ndarray) -> AccountState:
-            before.append(state.is_suspected(now, self.settings))
-            return update_state(state, pvalues, is_new, self.settings, now)
+            before.append(state)
+            return update_state(state, evidence, is_new, self.settings, now)
 
+        state = self.store.record(name, hashes, update)
+        return before[-1], state
+
+    def record(
+        self,
+        account: str,
+        evidence: np.ndarray,
+        hashes: list[str],
+        links: tuple[str, ...] = (),
+    ) -> AccountState | None:
+        """Feed one request into the account's test and its links'; the account's new state
+        (None if failing open)."""
+        now = self.clock()
         try:
-            state = self.store.record(account, hashes, update)
+            before, state = self._update(account, evidence, hashes, now)
+            for link in links:
+                self._update(link_state_name(link), evidence, hashes, now)
         except StoreUnavailable as exc:
             self._unavailable(exc)
             return None
-        if state.is_suspected(now, self.settings) and not before[-1]:
-            for listener in self.on_suspicion:
-                listener(account, state)
+        fired = state.is_suspected(now, self.settings) and not before.is_suspected(
+            now, self.settings
+        )
+        if fired:
+            state = self._on_alarm(account, state, links, now)
+        if state.tier(now, self.settings) == SUSPECTED and (
+            before.tier(now, self.settings) != SUSPECTED
+        ):
             log.warning(
-                "account %s suspected at its distinct query %d (%d exceeded, CUSUM %.1f)",
+                "account %s: strong evidence at its distinct query %d (%d of %d flagged): "
+                "answered with the response policy from now on",
                 account,
-                state.suspected_at_query,
-                state.exceedances,
-                state.cusum,
+                state.strong_at_query or state.distinct,
+                state.flagged,
+                state.distinct,
             )
         return state
 
+    def _on_alarm(
+        self, account: str, state: AccountState, links: tuple[str, ...], now: float
+    ) -> AccountState:
+        """An account's own test fired: tell the listeners, and the population monitor.
+
+        Only an *established* account's alarm counts towards a drift (more than
+        ``young_queries`` distinct queries when it fired): a drift changes the data of
+        customers who were there before it, while a swarm of new keys is what a thief buys.
+        """
+        established = state.suspected_at_query > self.settings.young_queries
+        if (
+            established
+            and self.population is not None
+            and self.population.alarm(account, links, now)
+        ):
+            held = self._hold_recent(now)
+            state = self.store.get(account)
+            for listener in self.on_drift:
+                listener(held, now)
+        for listener in self.on_suspicion:
+            listener(account, state)
+        log.warning(
+            "account %s %s at its distinct query %d (%d exceeded, statistic %.1f)",
+            account,
+            "held (population drift)" if state.held else "under review",
+            state.suspected_at_query,
+            state.exceedances,
+            state.cusum,
+        )
+        return state
+
+    def _hold_recent(self, now: float) -> list[str]:
+        """Drift: hold every recent alarm the operator has not confirmed."""
+        assert self.population is not None
+        held = []
+        for account in self.population.recent_accounts(now):
+            state = self.store.get(account)
+            if state.is_suspected(now, self.settings) and not state.confirmed:
+                if not state.held:
+                    state.held = True
+                    self.store.put(account, state)
+                held.append(account)
+        if held:
+            log.warning(
+                "population drift: %d unrelated accounts alarmed within %.0f s; %d alarms held "
+                "(answered normally, listed for the operator): the traffic has drifted from "
+                "the calibration data",
+                self.population.drift_accounts,
+                self.population.window_s,
+                len(held),
+            )
+        return held
+
     def serve(
-        self, account: str, answer: Callable[[bool], tuple[T, np.ndarray, list[str]]]
-    ) -> tuple[T, bool]:
+        self,
+        account: str,
+        answer: Callable[[str], tuple[T, np.ndarray, list[str]]],
+        links: tuple[str, ...] = (),
+    ) -> tuple[T, str]:
         """Answer one request of ``account`` and feed it to the account's test.
 
-        ``answer(suspected)`` computes the reply (with the policy on every query when
-        ``suspected``) and returns ``(reply, p-values, sample hashes)``. If the alarm fires
-        inside this very request, the request is answered again as suspected: otherwise a
-        thief with more accounts than requests (each account sending one large batch) would
-        never receive a policy answer. Returns ``(reply, answered_as_suspected)``.
+        ``answer(tier)`` computes the reply for the account's tier ("", "review" or
+        "suspected") and returns ``(reply, evidence, sample hashes)``. If this very request
+        raises the account's tier, it is answered again at the new tier: otherwise a thief
+        with more accounts than requests (each account sending one large batch) would never
+        receive a policy answer. Returns ``(reply, tier it was answered at)``.
         """
-        suspected = self.is_suspected(account)
-        reply, pvalues, hashes = answer(suspected)
-        state = self.record(account, pvalues, hashes) if pvalues is not None else None
-        if not suspected and state is not None and state.is_suspected(self.clock(), self.settings):
-            reply, _, _ = answer(True)
-            return reply, True
-        return reply, suspected
+        tier = self.tier(account, links)
+        reply, evidence, hashes = answer(tier)
+        if evidence is None:
+            return reply, tier
+        if self.record(account, evidence, hashes, links) is None:
+            return reply, tier
+        now_tier = self.tier(account, links)
+        if TIERS.index(now_tier) > TIERS.index(tier):
+            reply, _, _ = answer(now_tier)
+            return reply, now_tier
+        return reply, tier
 
     def clear(self, account: str) -> AccountState:
         state = clear_suspicion(self.store.get(account))
         self.store.put(account, state)
         return state
 
+    def confirm(self, account: str) -> AccountState:
+        """The operator confirms a suspicion: the response policy from the next request on."""
+        state = confirm_suspicion(self.store.get(account), self.clock())
+        self.store.put(account, state)
+        return state
+
     def suspected(self) -> list[tuple[str, AccountState]]:
+        """Accounts whose alarm is in force (held ones included: the operator sees them)."""
         now = self.clock()
-        return [(a, s) for a, s in self.store.accounts() if s.is_suspected(now, self.settings)]
+        return [
+            (a, s)
+            for a, s in self.store.accounts()
+            if not a.startswith("~") and s.is_suspected(now, self.settings)
+        ]

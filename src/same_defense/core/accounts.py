@@ -9,73 +9,146 @@ the same code:
    (the median per class ranged from 0.5x to 1.6x the overall median), so an honest user who
    sends one class would look anomalous against a global reference. Each score is ranked
    against the calibration scores of the same predicted class:
-   ``p = (1 + #{reference >= score}) / (n_c + 1)``, uniform-or-larger for honest queries.
-2. **Exceedances.** A query *exceeds* when ``p <= level`` (default 0.2). For honest traffic
-   the exceedance rate is about ``level`` per class; the reference is finite (about 75
-   calibration images per class on the default build), so the build stores ``p0``, an upper
-   confidence bound of that rate over every class (a Beta quantile), not ``level`` itself.
-3. **CUSUM** (Page's test) of the Bernoulli log-likelihood ratio between ``p0`` and ``p1``
-   (the rate of a thief) over the account's *distinct* queries: ``S = max(0, S + llr)``,
-   suspected when ``S >= h``. Under honest traffic with any rate <= ``p0`` the likelihood ratio
-   is a supermartingale, so ``P(alarm within n queries) <= n * exp(-h)`` (Ville's inequality
-   and a union over start points); ``h = log(n / delta)`` gives the stated false-alarm bound.
+   ``p = (1 + #{reference >= score}) / (n_c + 1)``.
+2. **Exceedances at several levels, bounded per class.** A query *exceeds* level ``t`` when
+   ``p <= t`` (levels 0.05, 0.2, 0.5 by default). A finite reference (125 scores a class on
+   the default build) sits low or high by chance, so the honest exceedance rate of class ``c``
+   at level ``t`` is not ``t`` but at most ``bounds[c][t]``, an upper Beta quantile the build
+   computes and stores (``export/calibration.py``).
+3. **A bank of CUSUMs, one per (level, alternative).** For level ``t``, honest bound ``u`` and
+   an alternative rate ``q = u + lift * (1 - u)``, each distinct query adds
+   ``log(q / u)`` if it exceeds, ``log((1 - q) / (1 - u))`` if not: a likelihood ratio whose
+   mean is <= 1 for *every* honest stream (rate <= ``u``), so ``S = max(0, S + step)`` crosses
+   ``h`` within ``n`` queries with probability <= ``n * exp(-h)`` (Ville's inequality and a
+   union over start points). The account is suspected when any of the ``K`` statistics
+   reaches ``h``; ``h = log(n * K / delta)`` keeps the union over the bank at ``delta``.
+   One CUSUM tuned to a single rate (the previous design, ``p0`` = 0.39 against ``p1`` = 0.8)
+   drifted *down* for any thief below about 0.6; the bank has an alternative near every rate
+   above honest, and the tail levels see a thief whose scores shift little but often.
    Repeated images count once (the gateway hashes each sample), so an honest user who resends
    the same image cannot drift the test, and neither can a thief by repetition.
+
+The answer to a suspected account is graded (:data:`TIERS`): ``review`` costs information,
+not correctness (top-1 label, no probabilities); ``suspected`` (the policy on every query,
+misinformation by default) is kept for strong evidence: a statistic of ``strong_factor * h``
+together with a share of per-query flags that honest drift does not reach, or the operator's
+confirmation (``same-accounts confirm``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 
-# The ensemble's internal output (the p-value of each query) and the request parameter by
-# which the gateway tells the defense step that the caller's account is suspected. Only the
-# gateway may use either: it requests and strips the output, and overwrites the parameter.
+# The ensemble's internal output (per query: its class-conditional p-value, the victim's
+# predicted class and whether its own score was flagged) and the request parameter by which
+# the gateway tells the defense step how to answer the caller's account. Only the gateway may
+# use either: it requests and strips the output, and overwrites the parameter.
 ACCOUNT_OUTPUT = "ACCOUNT_PVALUE"
+ACCOUNT_OUTPUT_WIDTH = 3
 ACCOUNT_PARAMETER = "same_account_state"
+# Tiers of the answer to an account, weakest first: "" (normal), "review" (top-1 label only),
+# "suspected" (the response policy on every query).
+REVIEW = "review"
 SUSPECTED = "suspected"
+TIERS = ("", REVIEW, SUSPECTED)
+
+
+def _odds(p: float) -> float:
+    return p / (1.0 - p)
 
 
 @dataclass(frozen=True)
 class AccountSettings:
-    """The sequential test's parameters (defaults: the values the build writes)."""
+    """The sequential test's parameters (defaults: what a build without references gets)."""
 
-    level: float = 0.2  # a query exceeds when its class-conditional p-value <= level
-    p0: float = 0.36  # honest exceedance rate, upper bound over classes (from calibration)
-    # Exceedance rate of a thief the test is tuned to detect quickly. Measured on the default
-    # build: 0.96 for the 8x8 digits, 0.89 for natural crops, 0.37 for the worst honest class.
-    p1: float = 0.8
-    h: float = 13.8  # CUSUM alarm line: log(1,000 queries / 1e-3)
+    levels: tuple[float, ...] = (0.05, 0.2, 0.5)
+    # bounds[c][j]: upper bound of class c's honest rate of p <= levels[j] (from calibration);
+    # empty: ``p0_default`` scaled per level for every class (no per-class calibration).
+    bounds: tuple[tuple[float, ...], ...] = ()
+    # Alternatives per level as lifts: q = u + lift * (1 - u).
+    lifts: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)
+    h: float = 16.3  # alarm line: log(1,000 queries * 12 statistics / 1e-3)
     # Suspicion lasts this long unless the operator clears it first (0: until cleared).
     suspicion_ttl_s: float = 7 * 24 * 3600.0
     # Recent sample hashes remembered per account for de-duplication.
     dedupe_window: int = 50_000
+    # Strong evidence (misinformation instead of review): statistic >= strong_factor * h and
+    # a share of per-query flags >= strong_flag_share over the account's distinct queries.
+    strong_factor: float = 2.0
+    strong_flag_share: float = 0.3
+    # How many distinct queries the flag share is counted over before it may count as strong.
+    strong_min_queries: int = 50
+    # A linked state's alarm (the caller's network or key group) applies to an account while
+    # it is young (fewer distinct queries) or its own statistic is above elevated_factor * h;
+    # an established account behind the same prefix (a company's NAT) keeps its answers.
+    young_queries: int = 200
+    elevated_factor: float = 0.5
+    # graded: an alarm first costs information (review); False: every alarm is answered with
+    # the response policy at once (the design before issue 18). auto_strong: strong evidence
+    # escalates to the policy by itself; False: only the operator's confirmation does.
+    graded: bool = True
+    auto_strong: bool = True
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.level < 1.0:
-            raise ValueError(f"level must be in (0, 1), got {self.level}")
-        if not 0.0 < self.p0 < self.p1 < 1.0:
-            raise ValueError(f"need 0 < p0 < p1 < 1, got p0={self.p0}, p1={self.p1}")
+        if not self.levels or not all(0.0 < t < 1.0 for t in self.levels):
+            raise ValueError(f"levels must lie in (0, 1), got {self.levels}")
+        if list(self.levels) != sorted(self.levels):
+            raise ValueError(f"levels must be increasing, got {self.levels}")
+        if not self.lifts or not all(0.0 < v < 1.0 for v in self.lifts):
+            raise ValueError(f"lifts must lie in (0, 1), got {self.lifts}")
+        for row in self.bounds:
+            if len(row) != len(self.levels) or not all(0.0 < u < 1.0 for u in row):
+                raise ValueError(f"each class needs one bound in (0, 1) per level, got {row}")
         if self.h <= 0:
             raise ValueError(f"h must be positive, got {self.h}")
         if self.suspicion_ttl_s < 0 or self.dedupe_window < 0:
             raise ValueError("suspicion_ttl_s and dedupe_window must be >= 0")
+        if self.strong_factor < 1.0 or not 0.0 <= self.strong_flag_share <= 1.0:
+            raise ValueError("need strong_factor >= 1 and strong_flag_share in [0, 1]")
 
     @property
-    def step_up(self) -> float:
-        """CUSUM increment for an exceeding query."""
-        return math.log(self.p1 / self.p0)
+    def statistics(self) -> int:
+        """How many CUSUMs the bank runs (levels x lifts)."""
+        return len(self.levels) * len(self.lifts)
 
-    @property
-    def step_down(self) -> float:
-        """CUSUM increment (negative) for a query that does not exceed."""
-        return math.log((1.0 - self.p1) / (1.0 - self.p0))
+    def class_bounds(self, c: int) -> tuple[float, ...]:
+        """Class ``c``'s honest rate bounds per level (a conservative default if unknown)."""
+        if 0 <= c < len(self.bounds):
+            return self.bounds[c]
+        # Without calibration a class is bounded at twice the nominal rate (capped): weak,
+        # but never tighter than the evidence allows.
+        return tuple(min(0.95, 2.0 * t) for t in self.levels)
+
+    @cached_property
+    def _steps(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per class, per statistic: the CUSUM step when the query exceeds / does not."""
+        classes = max(len(self.bounds), 1)
+        up = np.zeros((classes + 1, self.statistics))
+        down = np.zeros((classes + 1, self.statistics))
+        for c in range(classes + 1):  # the last row: classes without bounds
+            for j, u in enumerate(self.class_bounds(c if c < classes else -1)):
+                for i, lift in enumerate(self.lifts):
+                    q = u + lift * (1.0 - u)
+                    k = j * len(self.lifts) + i
+                    up[c, k], down[c, k] = math.log(q / u), math.log((1.0 - q) / (1.0 - u))
+        return up, down
+
+    def steps(self, pvalues: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """``[N, K]`` CUSUM increments of N queries (p-values and predicted classes)."""
+        up, down = self._steps
+        p = np.asarray(pvalues, np.float64).reshape(-1)
+        c = np.asarray(predicted).reshape(-1).astype(np.int64)
+        c = np.where((c >= 0) & (c < len(up) - 1), c, len(up) - 1)
+        exceeds = p[:, None] <= np.repeat(np.asarray(self.levels), len(self.lifts))[None, :]
+        return np.where(exceeds, up[c], down[c])
 
     def false_alarm_bound(self, queries: int) -> float:
         """Upper bound on P(an honest account is suspected within ``queries`` queries)."""
-        return min(1.0, queries * math.exp(-self.h))
+        return min(1.0, queries * self.statistics * math.exp(-self.h))
 
     def to_dict(self) -> dict:
         """The settings as a JSON-serialisable dict, the form the manifest stores."""
@@ -85,6 +158,11 @@ class AccountSettings:
     def from_dict(cls, data: dict, **overrides: float) -> AccountSettings:
         """Settings from ``data`` (unknown keys ignored), then ``overrides`` on top."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for name in ("levels", "lifts"):
+            if name in known:
+                known[name] = tuple(float(v) for v in known[name])
+        if "bounds" in known:
+            known["bounds"] = tuple(tuple(float(u) for u in row) for row in known["bounds"])
         return replace(cls(**known), **overrides)
 
 
@@ -94,11 +172,16 @@ class AccountState:
 
     queries: int = 0  # every sample answered
     distinct: int = 0  # samples that entered the test (repeats excluded)
-    exceedances: int = 0
-    cusum: float = 0.0
+    exceedances: int = 0  # distinct queries at or below the middle level
+    flagged: int = 0  # distinct queries whose own score was above the per-query threshold
+    cusum: float = 0.0  # the largest of the bank's statistics
     peak_cusum: float = 0.0
+    statistics: list = field(default_factory=list)  # the bank's K statistics
     suspected_at_query: int = 0  # ``distinct`` when the alarm fired (0: not suspected)
     suspected_since: float = 0.0  # wall clock of the alarm
+    strong_at_query: int = 0  # ``distinct`` when the evidence became strong (0: not yet)
+    confirmed: bool = False  # the operator confirmed the suspicion: the policy applies
+    held: bool = False  # alarm attributed to a population drift: listed, answered normally
     cleared: int = 0  # times the operator cleared a suspicion
     extra: dict = field(default_factory=dict)
 
@@ -109,9 +192,33 @@ class AccountState:
         ttl = settings.suspicion_ttl_s
         return ttl == 0 or now - self.suspected_since < ttl
 
+    def tier(self, now: float, settings: AccountSettings) -> str:
+        """How this account is answered now: "", "review" or "suspected" (see :data:`TIERS`)."""
+        if not self.is_suspected(now, settings):
+            return ""
+        if self.confirmed:
+            return SUSPECTED
+        if self.held:  # a drift of many unrelated accounts: the operator decides
+            return ""
+        if not settings.graded or (settings.auto_strong and self.strong_at_query > 0):
+            return SUSPECTED
+        return REVIEW
+
+    def open_to_links(self, settings: AccountSettings) -> bool:
+        """Whether a linked state's alarm applies to this account: young or elevated."""
+        return (
+            self.distinct < settings.young_queries
+            or self.cusum >= settings.elevated_factor * settings.h
+        )
+
     def to_dict(self) -> dict:
         """The state as a JSON-serialisable dict, the form the service stores."""
-        return asdict(self)
+        # By hand, not dataclasses.asdict: its recursive deep copy was 60 % of the account
+        # layer's time per request (the bank's list of statistics).
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["statistics"] = list(self.statistics)
+        out["extra"] = dict(self.extra)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict | None) -> AccountState:
@@ -120,6 +227,20 @@ class AccountState:
             return cls()
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+def combined_tier(
+    own: AccountState, links: list[AccountState], now: float, settings: AccountSettings
+) -> str:
+    """The tier an account is answered at: its own, raised by its links' where they apply."""
+    tier = own.tier(now, settings)
+    # An account the operator cleared has been vouched for: its links no longer bind it.
+    if links and own.open_to_links(settings) and own.cleared == 0:
+        for link in links:
+            linked = link.tier(now, settings)
+            if TIERS.index(linked) > TIERS.index(tier):
+                tier = linked
+    return tier
 
 
 def score_pvalues(
@@ -145,29 +266,65 @@ def score_pvalues(
 
 def update_state(
     state: AccountState,
-    pvalues: np.ndarray,
+    evidence: np.ndarray,
     is_new: np.ndarray,
     settings: AccountSettings,
     now: float,
 ) -> AccountState:
-    """Feed one request's queries into the account's CUSUM; returns the new state.
+    """Feed one request's queries into the account's bank of CUSUMs; returns the new state.
 
-    ``is_new[i]`` is False for a sample the account sent before (it is answered but does not
-    enter the test). Once suspected, the statistics keep counting but the alarm time stays.
+    ``evidence`` is the ensemble's internal output, ``[N, 3]``: each query's class-conditional
+    p-value, the victim's predicted class and its per-query flag (a bare ``[N]`` of p-values
+    counts as class -1, bounded conservatively, unflagged). ``is_new[i]`` is False for a sample
+    the account sent before (it is answered but does not enter the test). Once suspected, the
+    statistics keep counting but the alarm time stays.
     """
-    pvalues = np.asarray(pvalues, dtype=np.float64).reshape(-1)
+    evidence = np.asarray(evidence, dtype=np.float64)
+    if evidence.ndim == 2 and evidence.shape[1] >= ACCOUNT_OUTPUT_WIDTH:
+        pvalues, predicted, flags = evidence[:, 0], evidence[:, 1], evidence[:, 2] > 0.5
+    else:
+        pvalues = evidence.reshape(-1)
+        predicted, flags = np.full(len(pvalues), -1.0), np.zeros(len(pvalues), bool)
     is_new = np.asarray(is_new, dtype=bool).reshape(-1)
     s = AccountState.from_dict(state.to_dict())
     s.queries += len(pvalues)
-    up, down = settings.step_up, settings.step_down
-    for exceeds in pvalues[is_new] <= settings.level:
-        s.distinct += 1
-        s.exceedances += int(exceeds)
-        s.cusum = max(0.0, s.cusum + (up if exceeds else down))
-        s.peak_cusum = max(s.peak_cusum, s.cusum)
-        if s.cusum >= settings.h and not s.is_suspected(now, settings):
-            s.suspected_at_query = s.distinct
-            s.suspected_since = now
+    stats = np.zeros(settings.statistics)
+    if len(s.statistics) == settings.statistics:
+        stats = np.asarray(s.statistics, np.float64)
+    p, f = pvalues[is_new], flags[is_new]
+    n = len(p)
+    if n:
+        # Page's recursion S_t = max(0, S_{t-1} + x_t) in closed form, for the whole request
+        # at once: S_t = D_t - min(0, min_{k<=t} D_k) with D_t = S_0 + x_1 + ... + x_t.
+        walk = stats[None, :] + np.cumsum(settings.steps(p, np.rint(predicted[is_new])), axis=0)
+        path = walk - np.minimum(0.0, np.minimum.accumulate(walk, axis=0))
+        top = path.max(axis=1)
+        distinct = s.distinct + np.arange(1, n + 1)
+        alarm_from: int | None = 0 if s.is_suspected(now, settings) else None
+        if alarm_from is None:
+            hits = np.flatnonzero(top >= settings.h)
+            if len(hits):
+                alarm_from = int(hits[0])
+                s.suspected_at_query = int(distinct[alarm_from])
+                s.suspected_since = now
+        if alarm_from is not None and not s.strong_at_query:
+            strong = (
+                (top >= settings.strong_factor * settings.h)
+                & (distinct >= settings.strong_min_queries)
+                & (s.flagged + np.cumsum(f) >= settings.strong_flag_share * distinct)
+            )
+            strong[:alarm_from] = False
+            hits = np.flatnonzero(strong)
+            if len(hits):
+                s.strong_at_query = int(distinct[hits[0]])
+        s.peak_cusum = max(s.peak_cusum, float(top.max()))
+        stats = path[-1]
+        middle = settings.levels[len(settings.levels) // 2]
+        s.distinct += n
+        s.exceedances += int((p <= middle).sum())
+        s.flagged += int(f.sum())
+    s.statistics = [round(float(v), 6) for v in stats]
+    s.cusum = float(stats.max()) if len(stats) else 0.0
     return s
 
 
@@ -175,10 +332,36 @@ def clear_suspicion(state: AccountState) -> AccountState:
     """The operator's pardon: the test starts again from zero."""
     s = AccountState.from_dict(state.to_dict())
     s.cusum = 0.0
+    s.statistics = []
     s.suspected_since = 0.0
     s.suspected_at_query = 0
+    s.strong_at_query = 0
+    s.confirmed = False
+    s.held = False
     s.cleared += 1
     return s
+
+
+def confirm_suspicion(state: AccountState, now: float) -> AccountState:
+    """The operator's confirmation: the account gets the response policy from now on."""
+    s = AccountState.from_dict(state.to_dict())
+    s.confirmed = True
+    if s.suspected_at_query <= 0:
+        s.suspected_at_query = max(s.distinct, 1)
+    s.suspected_since = now
+    return s
+
+
+def account_evidence(pvalues: np.ndarray, predicted: np.ndarray, flagged: np.ndarray) -> np.ndarray:
+    """The ``[N, 3]`` internal output: p-value, predicted class, per-query flag (0/1)."""
+    return np.stack(
+        [
+            np.asarray(pvalues, np.float64).reshape(-1),
+            np.asarray(predicted, np.float64).reshape(-1),
+            np.asarray(flagged, np.float64).reshape(-1),
+        ],
+        axis=1,
+    )
 
 
 def account_settings_from_manifest(manifest: dict | None) -> AccountSettings | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .accounts import score_pvalues
+from .accounts import REVIEW, SUSPECTED, TIERS, account_evidence, score_pvalues
 from .policies import POLICY_NAMES, PolicyParams, apply_policy
 from .score import same_score, softmax
 from .validation import describe_problems, find_input_problems
@@ -70,34 +70,58 @@ class Decision:
             pvalues,
         )
 
+    def evidence(self) -> np.ndarray:
+        """The ``[N, 3]`` internal output the gateway's account test reads (p, class, flag)."""
+        pvalues = np.ones(len(self.scores)) if self.pvalues is None else self.pvalues
+        return account_evidence(pvalues, self.true_probs.argmax(axis=1), self.flagged)
+
+
+def as_tier(value: bool | str) -> str:
+    """A tier from a request's account state: True (legacy "forced") is ``suspected``."""
+    if value is True:
+        return SUSPECTED
+    if not value:
+        return ""
+    if value not in TIERS:
+        raise ValueError(f"unknown account tier {value!r}; choose one of {TIERS}")
+    return str(value)
+
 
 def defend(
     victim_logits: np.ndarray,
     recon_error: np.ndarray,
     shadow_logits: np.ndarray,
     settings: DefenseSettings,
-    force: bool = False,
+    force: bool | str = False,
 ) -> Decision:
-    """Score each query and answer it with the settings' policy.
+    """Score each query and answer it with the settings' policy, or as its account's tier.
 
     Args:
         victim_logits: The victim's logits, ``[N, C]``.
         recon_error: The reconstructor's error per query, ``[N]``.
         shadow_logits: The shadow model's logits on the reconstructions, ``[N, C]``.
         settings: Threshold, ``alpha``, policy and the account references.
-        force: Answer every query with the policy, whatever its own score (the caller's
-            account is under suspicion).
+        force: The caller's account tier (:func:`as_tier`): ``""`` answers flagged queries
+            with ``params.first_response`` (top-1 label by default); ``"review"`` answers
+            every query with its top-1 label only (information, not correctness, is
+            withheld); ``"suspected"`` (or True) answers every query with the policy.
     """
+    tier = as_tier(force)
     scores = same_score(recon_error, victim_logits, shadow_logits, settings.alpha)
     true_probs = softmax(victim_logits)
+    policy = settings.policy
+    if tier == REVIEW:
+        policy = "top1"
+    elif not tier and settings.params.first_response != "policy":
+        policy = settings.params.first_response
     probs, labels = apply_policy(
-        settings.policy,
+        policy,
         true_probs,
         scores,
         settings.threshold,
         settings.params,
         logits=victim_logits,
-        force=force,
+        force=bool(tier),
     )
     predicted = np.asarray(victim_logits).argmax(axis=1)
     pvalues = (
@@ -133,27 +157,27 @@ def check_inputs(input_stats: np.ndarray) -> None:
 
 
 def defend_requests(
-    requests: list[GraphArrays], settings: DefenseSettings, forced: list[bool]
+    requests: list[GraphArrays], settings: DefenseSettings, forced: list[bool | str]
 ) -> list[Decision | InvalidInput]:
     """Check every request, then answer the valid ones, one :func:`defend` call per state.
 
     Args:
         requests: The graph outputs of each request (dynamic batching hands over several).
         settings: Threshold, ``alpha``, policy and the account references.
-        forced: Per request, whether its account is under suspicion (answered with the policy).
+        forced: Per request, its account's tier (:func:`as_tier`: "", "review", "suspected").
 
     Returns:
         Per request, in order, its :class:`Decision` or the :class:`InvalidInput` it raised.
     """
     results: list[Decision | InvalidInput | None] = [None] * len(requests)
-    groups: dict[bool, list[int]] = {False: [], True: []}
+    groups: dict[str, list[int]] = {tier: [] for tier in TIERS}
     for i, request in enumerate(requests):
         try:
             check_inputs(request.input_stats)
         except InvalidInput as exc:
             results[i] = exc
             continue
-        groups[bool(forced[i])].append(i)
+        groups[as_tier(forced[i])].append(i)
     for force, members in groups.items():
         if not members:
             continue

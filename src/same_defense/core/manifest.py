@@ -64,9 +64,8 @@ def settings_from_manifest(
             for name in ("beta", "gamma", "nu", "margin")
             if name in overrides
         }
-        params = PolicyParams(
-            **numbers, **({"target": overrides["target"]} if "target" in overrides else {})
-        )
+        words = {k: overrides[k] for k in ("target", "first_response") if k in overrides}
+        params = PolicyParams(**numbers, **words)
         threshold = float(overrides.get("threshold", manifest["threshold"]))
         alpha = float(overrides.get("alpha", manifest["alpha"]))
     except ValueError as exc:

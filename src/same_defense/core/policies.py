@@ -17,6 +17,8 @@ POLICY_NAMES = ("monitor", "reject", "top1", "reverse_sigmoid", "misinformation"
 # least likely class first) or "shifted" (one-hot of predicted class + 1: consistent).
 MISINFORMATION_TARGETS = ("inverse", "shifted")
 
+FIRST_RESPONSES = ("top1", "policy", "monitor")
+
 # LABEL returned for a rejected query: no class at all.
 REJECTED_LABEL = -1
 
@@ -37,12 +39,23 @@ class PolicyParams:
     # MNIST, 1.0 cost benign users 1.1 points of accuracy, 1.25 cost 0.13.
     margin: float = 1.25
     target: str = "inverse"
+    # How a flagged query is answered while its account has no evidence against it: "top1"
+    # (the label, no probabilities: costs information, never correctness), "policy" (the
+    # response policy per query, SAME as published) or "monitor" (the true answer). A
+    # customer whose camera makes every image look foreign (a grey background: 94 % of its
+    # queries flagged) keeps its labels with "top1"; with "policy" it lost most of them.
+    first_response: str = "top1"
 
     def __post_init__(self) -> None:
         for name in ("beta", "gamma", "nu", "margin"):
             value = getattr(self, name)
             if not np.isfinite(value) or value <= 0:
                 raise ValueError(f"policy parameter {name} must be a positive number, got {value}")
+        if self.first_response not in FIRST_RESPONSES:
+            raise ValueError(
+                f"first_response must be one of {', '.join(FIRST_RESPONSES)}, "
+                f"got {self.first_response!r}"
+            )
         if self.target not in MISINFORMATION_TARGETS:
             raise ValueError(
                 f"misinformation target must be one of {', '.join(MISINFORMATION_TARGETS)}, "

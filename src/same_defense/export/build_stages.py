@@ -68,7 +68,7 @@ def data_stage(args: argparse.Namespace, report: BuildReport) -> BuildData:
     """Load the data set and split it (train, calibration, test) as the manifest records."""
     source = DataSource.at_build(args.data, args.data_root, args.seed)
     data = load_dataset(source.name, source.root)
-    source = source.with_fingerprint(data)  # recorded: the tools find these data again
+    source = source.fitted_to(data)  # recorded: the tools find these data again
     splits = source.split(data)
     train = splits.train
     if args.max_train:

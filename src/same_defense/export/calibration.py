@@ -36,65 +36,58 @@ def class_references(
     return [np.sort(scores[predicted == c]).tolist() for c in range(num_classes)]
 
 
-def account_settings_for(
-    reference: list[list[float]],
-    level: float = AccountSettings.level,
-    p1: float = AccountSettings.p1,
-    horizon: int = 1000,
-    false_alarm: float = 1e-3,
-) -> AccountSettings:
-    """The account test's settings for this calibration set.
+def exceedance_bound(n: int, level: float, delta: float) -> float:
+    """Upper ``1 - delta`` bound of the honest rate of ``p <= level`` for a class of ``n``.
 
-    ``p0`` is the largest, over classes, upper ``1 - false_alarm / C`` quantile of the honest
-    exceedance rate: with ``n`` reference scores the rate of ``p <= level`` is
-    ``Beta(k, n + 1 - k)`` distributed, ``k = floor(level (n + 1))`` (a finite reference can
-    sit low or high by chance). ``h = log(horizon / false_alarm)`` bounds the chance that an
-    honest account is suspected within ``horizon`` distinct queries by ``false_alarm``.
+    With ``n`` reference scores that rate is ``Beta(k, n + 1 - k)`` distributed over the draw
+    of the reference, ``k = floor(level (n + 1))`` (a finite reference sits low or high by
+    chance). Kept below 1 so that the CUSUM step stays finite: a class too small for a level
+    simply gains nothing at that level.
     """
     from scipy.stats import beta  # build-time only; the core stays numpy-only
 
-    sizes = [len(r) for r in reference if len(r)]
-    if not sizes:
+    k = int(np.floor(level * (n + 1)))
+    bound = 1.0 if n == 0 or k == 0 else float(beta.ppf(1.0 - delta, k, n + 1 - k))
+    return round(min(max(bound, 1e-6), 0.999), 4)
+
+
+def account_settings_for(
+    reference: list[list[float]],
+    levels: tuple[float, ...] = AccountSettings.levels,
+    lifts: tuple[float, ...] = AccountSettings.lifts,
+    horizon: int = 1000,
+    false_alarm: float = 1e-3,
+    calibration_risk: float = 1e-3,
+) -> AccountSettings:
+    """The account test's settings for this calibration set.
+
+    ``bounds[c][j]`` bounds class ``c``'s honest rate at ``levels[j]``
+    (:func:`exceedance_bound`), all bounds holding together with probability
+    ``1 - calibration_risk`` over the draw of the calibration split (a union over classes and
+    levels). ``h = log(horizon * K / false_alarm)`` bounds the chance that an honest account
+    is suspected within ``horizon`` distinct queries by ``false_alarm``, for the ``K`` CUSUMs
+    together.
+    """
+    sizes = [len(r) for r in reference]
+    if not any(sizes):
         raise ValueError("account calibration needs at least one class with reference scores")
-    delta = false_alarm / len(sizes)
-    bounds = []
-    for n in sizes:
-        k = int(np.floor(level * (n + 1)))
-        bounds.append(1.0 if k == 0 else float(beta.ppf(1.0 - delta, k, n + 1 - k)))
-    p0 = max(bounds)
-    if p0 >= p1:
-        raise ValueError(
-            f"too few calibration scores per class ({min(sizes)}) for level {level}: the honest "
-            f"rate bound {p0:.2f} reaches the thief's rate {p1}; use a larger calibration split"
-        )
+    delta = calibration_risk / (len(sizes) * len(levels))
+    bounds = tuple(tuple(exceedance_bound(n, t, delta) for t in levels) for n in sizes)
+    statistics = len(levels) * len(lifts)
     return AccountSettings(
-        level=level, p0=round(p0, 4), p1=p1, h=float(np.log(horizon / false_alarm))
+        levels=tuple(levels),
+        bounds=bounds,
+        lifts=tuple(lifts),
+        # rounded up: the stated bound must hold for the stored number
+        h=float(np.ceil(np.log(horizon * statistics / false_alarm) * 1e4) / 1e4),
     )
 
 
-def testable_references(
-    reference: list[list[float]],
-    level: float = AccountSettings.level,
-    p1: float = AccountSettings.p1,
-    false_alarm: float = 1e-3,
-) -> tuple[list[list[float]], list[int]]:
-    """Empty the classes whose few reference scores cannot bound the honest exceedance rate
-    below ``p1`` (see :func:`account_settings_for`); returns the references and the classes
-    left out. A small calibration split then weakens the test for those classes only instead
-    of making the build fail."""
-    from scipy.stats import beta
-
-    classes = max(1, sum(1 for r in reference if len(r)))
-    delta = false_alarm / classes
-    out, left_out = [], []
-    for c, r in enumerate(reference):
-        k = int(np.floor(level * (len(r) + 1)))
-        if len(r) and (k == 0 or beta.ppf(1.0 - delta, k, len(r) + 1 - k) >= p1):
-            out.append([])
-            left_out.append(c)
-        else:
-            out.append(r)
-    return out, left_out
+def testable_references(reference: list[list[float]]) -> tuple[list[list[float]], list[int]]:
+    """The references and the classes without a single calibration score (their queries get
+    p = 1 and never exceed; a larger calibration split brings them in)."""
+    left_out = [c for c, r in enumerate(reference) if not len(r)]
+    return reference, left_out
 
 
 def calibrate(
@@ -116,9 +109,9 @@ def calibrate(
     )
     if left_out:
         warnings.warn(
-            f"account test: classes {left_out} have too few calibration scores to bound the "
-            f"honest rate below p1 and are left out of it (their queries never count as "
-            f"exceedances); a larger calibration split brings them in",
+            f"account test: classes {left_out} have no calibration scores and are left out "
+            f"of it (their queries never count as exceedances); a larger calibration split "
+            f"brings them in",
             stacklevel=2,
         )
     usable = any(len(r) for r in reference)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import core
-from ..core.accounts import ACCOUNT_OUTPUT
+from ..core.accounts import ACCOUNT_OUTPUT, ACCOUNT_OUTPUT_WIDTH
 
 INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU")
 
@@ -145,7 +145,7 @@ output [
   {{
     name: "{ACCOUNT_OUTPUT}"
     data_type: TYPE_FP32
-    dims: [ 1 ]
+    dims: [ {ACCOUNT_OUTPUT_WIDTH} ]
   }}
 ]
 instance_group [
@@ -187,12 +187,13 @@ output [
     data_type: TYPE_INT64
     dims: [ 1 ]
   }},
-  # Internal: the class-conditional p-value of each query's SAME score, for the gateway's
-  # account-level test. The gateway requests it, strips it and refuses clients who ask.
+  # Internal, per query: the class-conditional p-value of its SAME score, the predicted class
+  # and its flag, for the gateway's account-level test. The gateway requests it, strips it
+  # and refuses clients who ask.
   {{
     name: "{ACCOUNT_OUTPUT}"
     data_type: TYPE_FP32
-    dims: [ 1 ]
+    dims: [ {ACCOUNT_OUTPUT_WIDTH} ]
   }}
 ]
 # victim and reconstructor read only IMAGE, so Triton runs them concurrently.

@@ -17,11 +17,13 @@ bundles the defense code, writes the manifest and reads a repository back.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 from .. import core
+from ..core.accounts import ACCOUNT_OUTPUT, ACCOUNT_OUTPUT_WIDTH
 from ..core.manifest import MANIFEST_NAME, sha256_file
 from .model_configs import INSTANCE_KINDS as INSTANCE_KINDS
 from .model_configs import ServingSettings, write_configs
@@ -51,11 +53,24 @@ def bundle_core(repository: Path) -> Path:
 
 
 def refresh_defense_code(repository: Path) -> None:
-    """Put the current Triton step and core code into ``repository`` (the ONNX stay as built)."""
+    """Put the current Triton step and core code into ``repository`` (the ONNX stay as built),
+    and give the configs the internal output's current width (a repository built before the
+    account evidence had three columns declared one)."""
     step = repository / "defense" / "1" / "model.py"
     if not step.exists() or step.resolve() != DEFENSE_STEP_SOURCE.resolve():
         shutil.copyfile(DEFENSE_STEP_SOURCE, step)
     bundle_core(repository)
+    for model in ("defense", "same"):
+        config = repository / model / "config.pbtxt"
+        if config.exists():
+            text = config.read_text()
+            fixed = re.sub(
+                rf'(name: "{ACCOUNT_OUTPUT}"\s*data_type: TYPE_FP32\s*dims: \[ )\d+( \])',
+                rf"\g<1>{ACCOUNT_OUTPUT_WIDTH}\g<2>",
+                text,
+            )
+            if fixed != text:
+                config.write_text(fixed)
 
 
 def write_repository(

@@ -5,9 +5,10 @@
   caller's peer address is the account.
 - :class:`Throttle`: the optional rate limit for accounts under suspicion.
 - :func:`prepare_infer` / :func:`finish_infer`: rewrite a ``ModelInfer`` on its way to Triton
-  (ask for the internal ``ACCOUNT_PVALUE`` output, state the account's suspicion in a request
-  parameter, which the gateway alone may set) and on its way back (strip that output). A client
-  that asks for the internal output is refused; one that sends the parameter has it replaced.
+  (ask for the internal ``ACCOUNT_PVALUE`` output, state the account's tier, "review" or
+  "suspected", in a request parameter, which the gateway alone may set) and on its way back
+  (strip that output). A client that asks for the internal output is refused; one that sends
+  the parameter has it replaced.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 from ..accounts import KeyStore, sample_hashes
-from ..core.accounts import ACCOUNT_OUTPUT, ACCOUNT_PARAMETER, SUSPECTED
+from ..core.accounts import ACCOUNT_OUTPUT, ACCOUNT_OUTPUT_WIDTH, ACCOUNT_PARAMETER
+from ..core.decision import as_tier
 
 AUTH_HEADER = "authorization"
 BEARER = "bearer "
@@ -73,11 +75,14 @@ def _input_bytes(message: service_pb2.ModelInferRequest) -> bytes:
     return b"".join(t.contents.SerializeToString() for t in message.inputs)
 
 
-def prepare_infer(request: bytes | service_pb2.ModelInferRequest, suspected: bool) -> PreparedInfer:
+def prepare_infer(
+    request: bytes | service_pb2.ModelInferRequest, tier: bool | str
+) -> PreparedInfer:
     """Rewrite a client's ``ModelInfer`` for Triton (raises on an internal output request).
 
     A parsed request is copied, not changed: the account layer may prepare it twice (as
-    sent, then forced when its own queries raise the alarm).
+    sent, then again at a stronger tier when its own queries raise the alarm). ``tier`` is the
+    account's (:data:`~same_defense.core.TIERS`; True means "suspected").
     """
     message = service_pb2.ModelInferRequest()
     if isinstance(request, bytes):
@@ -88,8 +93,9 @@ def prepare_infer(request: bytes | service_pb2.ModelInferRequest, suspected: boo
         raise InternalOutputRequested(f"output {ACCOUNT_OUTPUT!r} is not available to clients")
     if ACCOUNT_PARAMETER in message.parameters:
         del message.parameters[ACCOUNT_PARAMETER]
-    if suspected:
-        message.parameters[ACCOUNT_PARAMETER].string_param = SUSPECTED
+    tier = as_tier(tier)
+    if tier:
+        message.parameters[ACCOUNT_PARAMETER].string_param = tier
     if message.outputs:  # none listed means "all", which includes the internal one
         message.outputs.add(name=ACCOUNT_OUTPUT)
     samples = int(message.inputs[0].shape[0]) if message.inputs and message.inputs[0].shape else 1
@@ -102,19 +108,36 @@ def prepare_infer(request: bytes | service_pb2.ModelInferRequest, suspected: boo
 
 
 def finish_infer(response: bytes) -> tuple[bytes, np.ndarray | None]:
-    """Strip the internal output from Triton's answer; return it as float64 p-values."""
+    """Strip the internal output from Triton's answer; return it as float64 ``[N, 3]``
+    evidence (p-value, predicted class, flag per query; ``[N]`` p-values from a repository
+    built before the evidence had three columns)."""
     message = service_pb2.ModelInferResponse.FromString(response)
     names = [o.name for o in message.outputs]
     if ACCOUNT_OUTPUT not in names:
         return response, None
     i = names.index(ACCOUNT_OUTPUT)
+    shape = list(message.outputs[i].shape)
     if message.raw_output_contents:
-        pvalues = np.frombuffer(message.raw_output_contents[i], dtype=np.float32)
+        values = np.frombuffer(message.raw_output_contents[i], dtype=np.float32)
         del message.raw_output_contents[i]
     else:
-        pvalues = np.asarray(message.outputs[i].contents.fp32_contents, dtype=np.float32)
+        values = np.asarray(message.outputs[i].contents.fp32_contents, dtype=np.float32)
     del message.outputs[i]
-    return message.SerializeToString(), pvalues.astype(np.float64)
+    evidence = values.astype(np.float64)
+    if len(shape) == 2 and shape[1] == ACCOUNT_OUTPUT_WIDTH:
+        evidence = evidence.reshape(-1, ACCOUNT_OUTPUT_WIDTH)
+    return message.SerializeToString(), evidence
+
+
+# The response parameter that tells a client its account is under review (``--tell-review``).
+REVIEW_PARAMETER = "same_account_review"
+
+
+def mark_review(response: bytes, tier: str) -> bytes:
+    """Add ``same_account_review: <tier>`` to a ``ModelInferResponse``'s parameters."""
+    message = service_pb2.ModelInferResponse.FromString(response)
+    message.parameters[REVIEW_PARAMETER].string_param = tier
+    return message.SerializeToString()
 
 
 class Throttle:

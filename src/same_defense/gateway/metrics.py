@@ -39,8 +39,9 @@ class GatewayMetrics:
         self._lock = threading.Lock()
         self._server = None
 
-    def observe(self, account: str, samples: int, suspected: bool) -> None:
-        state = "suspected" if suspected else "normal"
+    def observe(self, account: str, samples: int, tier: bool | str) -> None:
+        """Count one answered request by its account tier ("normal", "review", "suspected")."""
+        state = "suspected" if tier is True else (tier or "normal")
         self.requests.labels(state).inc()
         self.queries.labels(state).inc(samples)
         with self._lock:

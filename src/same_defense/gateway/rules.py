@@ -21,6 +21,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 from ..accounts import AccountService, AccountStateUnavailable
+from ..accounts.links import account_links, client_address
 from ..core.accounts import ACCOUNT_OUTPUT
 from .accounting import (
     Authenticator,
@@ -28,11 +29,13 @@ from .accounting import (
     Throttle,
     Unauthenticated,
     finish_infer,
+    mark_review,
     prepare_infer,
 )
 from .metrics import GatewayMetrics
 
 SERVICE = "/inference.GRPCInferenceService/"
+FORWARDED_FOR = "x-forwarded-for"
 # Calls about the server as a whole: safe for anyone.
 SERVER_METHODS = ("ServerLive", "ServerReady", "ServerMetadata")
 # Health probes (load balancers, Kubernetes) need no key; everything else does.
@@ -128,9 +131,19 @@ class GatewayCore:
         accounts: AccountService | None,
         metrics: GatewayMetrics,
         throttle: Throttle | None = None,
+        tell_review: bool = False,
+        trusted_proxies: Sequence[str] = (),
+        link_accounts: bool = True,
     ) -> None:
         self.channel = channel
+        # Peers whose X-Forwarded-For names the client (our own load balancer); from anyone
+        # else the header is ignored, since a client can write whatever it likes in it.
+        self.trusted_proxies = tuple(trusted_proxies)
+        self.link_accounts = link_accounts
         self.throttle = throttle
+        # Tell a client whose account is under review (response parameter): off by default,
+        # since it also tells a thief when to switch keys.
+        self.tell_review = tell_review
         self.policy = policy
         self.auth = auth
         self.accounts = accounts
@@ -187,34 +200,47 @@ class GatewayCore:
     def _infer(self, account: str, request: service_pb2.ModelInferRequest, caller: Caller) -> bytes:
         samples = 0
 
-        def answer(suspected: bool) -> tuple[bytes, np.ndarray | None, list[str]]:
+        def answer(tier: str) -> tuple[bytes, np.ndarray | None, list[str]]:
             nonlocal samples
-            if suspected and self.throttle is not None and not self.throttle.allow(account):
+            if tier and self.throttle is not None and not self.throttle.allow(account):
                 raise GatewayError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"account under suspicion: limited to {self.throttle.rate:g} requests/s",
+                    f"account under review: limited to {self.throttle.rate:g} requests/s",
                 )
-            prepared = prepare_infer(request, suspected)
+            prepared = prepare_infer(request, tier)
             samples = prepared.samples
-            response, pvalues = finish_infer(
+            response, evidence = finish_infer(
                 self._upstream_call("ModelInfer", prepared.request, caller)
             )
-            if pvalues is not None and len(pvalues) != prepared.samples:
-                pvalues = None  # not this ensemble's answer: nothing to feed the test
-            return response, pvalues, prepared.hashes
+            if evidence is not None and len(evidence) != prepared.samples:
+                evidence = None  # not this ensemble's answer: nothing to feed the test
+            if tier and self.tell_review:
+                response = mark_review(response, tier)
+            return response, evidence, prepared.hashes
 
         try:
             if self.accounts is None:
-                response, suspected = answer(False)[0], False
+                response, tier = answer("")[0], ""
             else:
-                response, suspected = self.accounts.serve(account, answer)
+                response, tier = self.accounts.serve(account, answer, self.links(account, caller))
         except InternalOutputRequested as exc:
             raise GatewayError(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
         except AccountStateUnavailable as exc:
             self.metrics.state_errors.inc()
             raise GatewayError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
-        self.metrics.observe(account, samples, suspected)
+        self.metrics.observe(account, samples, tier)
         return response
+
+    def links(self, account: str, caller: Caller) -> tuple[str, ...]:
+        """The caller's network and its key's group: the states its evidence also feeds."""
+        if not self.link_accounts:
+            return ()
+        forwarded = next((v for k, v in caller.metadata if k.lower() == FORWARDED_FOR), None)
+        if isinstance(forwarded, bytes):
+            forwarded = forwarded.decode(errors="replace")
+        address = client_address(caller.peer, forwarded, self.trusted_proxies)
+        keys = self.auth.keys
+        return account_links(address, keys.group_of(account) if keys is not None else None)
 
     def _upstream_call(self, method: str, request: bytes, caller: Caller) -> bytes:
         call = self._upstream.get(method)

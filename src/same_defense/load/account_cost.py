@@ -18,7 +18,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 from ..accounts import AccountService, KeyStore, MemoryStore, RedisStore
-from ..core.accounts import ACCOUNT_OUTPUT, AccountSettings
+from ..core.accounts import ACCOUNT_OUTPUT, ACCOUNT_OUTPUT_WIDTH, AccountSettings
 from ..gateway.accounting import Authenticator, finish_infer, prepare_infer
 
 
@@ -30,7 +30,12 @@ def _messages(batch: int, shape: tuple[int, ...], classes: int, rng) -> tuple[by
     for name, dtype, width, data in (
         ("PROBS", "FP32", classes, rng.random((batch, classes), dtype=np.float32)),
         ("LABEL", "INT64", 1, np.zeros((batch, 1), np.int64)),
-        (ACCOUNT_OUTPUT, "FP32", 1, rng.random((batch, 1), dtype=np.float32)),
+        (
+            ACCOUNT_OUTPUT,
+            "FP32",
+            ACCOUNT_OUTPUT_WIDTH,
+            rng.random((batch, ACCOUNT_OUTPUT_WIDTH), dtype=np.float32),
+        ),
     ):
         response.outputs.add(name=name, datatype=dtype, shape=[batch, width])
         response.raw_output_contents.append(data.tobytes())
@@ -67,8 +72,8 @@ def account_layer_cost(
                     start = time.perf_counter()
                     account = auth.account(metadata, "ipv4:127.0.0.1:1")
                     service = services.get(mode)
-                    suspected = service is not None and service.is_suspected(account)
-                    prepared = prepare_infer(request, suspected)
+                    tier = service.tier(account) if service is not None else ""
+                    prepared = prepare_infer(request, tier)
                     _, pvalues = finish_infer(response)
                     if service is not None:
                         service.record(account, pvalues, prepared.hashes)

@@ -146,7 +146,7 @@ def quality(
     queries, in the order the attack sent them, one account gets answered before the CUSUM
     suspects it (None: not within the budget). The p-values rank each score against this
     candidate's own calibration scores of the same predicted class, as its build would."""
-    from ..core.accounts import AccountState, score_pvalues, update_state
+    from ..core.accounts import AccountState, account_evidence, score_pvalues, update_state
     from ..core.score import same_score
     from ..evaluation.metrics import detection_metrics
 
@@ -165,8 +165,8 @@ def quality(
     for name, x in queries.items():
         scores, labels = score(x)
         auroc[name] = round(detection_metrics(negatives, scores)["auroc"], 4)
-        pvalues = score_pvalues(scores, labels, reference)
-        state = update_state(AccountState(), pvalues, np.ones(len(x), bool), settings, now=0.0)
+        evidence = account_evidence(score_pvalues(scores, labels, reference), labels, 0 * labels)
+        state = update_state(AccountState(), evidence, np.ones(len(x), bool), settings, now=0.0)
         delay[name] = state.suspected_at_query or None
     return auroc, delay
 

@@ -92,8 +92,9 @@ class InProcessSame:
             repository / ONNX_FILES["victim"], repository / ONNX_FILES["reconstructor"], threads
         )
 
-    def infer(self, images: np.ndarray, suspected: bool = False) -> Decision:
-        """The served answer to ``images``, through the same core entry as the Triton step."""
+    def infer(self, images: np.ndarray, suspected: bool | str = False) -> Decision:
+        """The served answer to ``images``, through the same core entry as the Triton step
+        (``suspected``: the account's tier, see :func:`~same_defense.core.as_tier`)."""
         out = self.graphs.run(images)
         arrays = GraphArrays(out.logits, out.recon_error, out.shadow_logits, out.input_stats)
         (result,) = defend_requests([arrays], self.settings, [suspected])

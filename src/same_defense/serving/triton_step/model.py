@@ -3,12 +3,13 @@
 Runs in any Triton with numpy (the NGC container or the embedded server). The logic lives in
 ``same_core`` beside this file: a verbatim copy of ``same_defense.core`` written by the export
 step, the same code that offline evaluation runs. The score and the flag never reach a client:
-they are counted in Prometheus metrics, and the class-conditional p-value of each score goes
-out as the internal ``ACCOUNT_PVALUE`` output, which only the gateway may request (it strips
-it and feeds the account-level test). A request that carries the parameter
-``same_account_state: suspected`` (set by the gateway alone) is answered with the policy for
-every query, whatever its own score. The query counters go to Prometheus with each execute;
-the score histogram at most every ``METRICS_FLUSH_S`` (``same_core/counts.py``).
+they are counted in Prometheus metrics, and each query's class-conditional p-value, predicted
+class and flag go out as the internal ``ACCOUNT_PVALUE`` output, which only the gateway may
+request (it strips it and feeds the account-level test). A request that carries the parameter
+``same_account_state`` (set by the gateway alone) is answered as that account tier: ``review``
+with top-1 labels only, ``suspected`` with the policy for every query, whatever its score.
+The query counters go to Prometheus with each execute; the score histogram at most every
+``METRICS_FLUSH_S`` (``same_core/counts.py``).
 """
 
 import json
@@ -26,7 +27,7 @@ from same_core import (  # noqa: E402  (needs the path above)
     ACCOUNT_PARAMETER,
     MANIFEST_NAME,
     METRICS_FLUSH_S,
-    SUSPECTED,
+    TIERS,
     DefenseCounts,
     DefenseSettings,
     GraphArrays,
@@ -40,11 +41,12 @@ from same_core import (  # noqa: E402  (needs the path above)
 INPUTS = ("LOGITS", "RECON_ERROR", "SHADOW_LOGITS", "INPUT_STATS")
 
 
-def _is_suspected(request) -> bool:
+def _account_tier(request) -> str:
     try:
-        return json.loads(request.parameters() or "{}").get(ACCOUNT_PARAMETER) == SUSPECTED
+        tier = json.loads(request.parameters() or "{}").get(ACCOUNT_PARAMETER, "")
     except (ValueError, AttributeError):
-        return False
+        return ""
+    return tier if tier in TIERS else ""
 
 
 class _Metrics:
@@ -108,7 +110,7 @@ class _Metrics:
             if isinstance(result, InvalidInput):
                 counts.add_invalid(1)
             else:
-                counts.add_scores(result.scores, result.flagged, force)
+                counts.add_scores(result.scores, result.flagged, bool(force))
         for metric, value in (
             (self.scored, counts.scored),
             (self.flagged, counts.flagged),
@@ -159,7 +161,7 @@ class TritonPythonModel:
             GraphArrays(*(pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in INPUTS))
             for r in requests
         ]
-        forced = [_is_suspected(r) for r in requests]
+        forced = [_account_tier(r) for r in requests]
         results = defend_requests(arrays, self.settings, forced)
         self.metrics.add(results, forced)
         return [self._response(result) for result in results]
@@ -174,6 +176,6 @@ class TritonPythonModel:
         outputs = [
             pb_utils.Tensor("PROBS", result.probs),
             pb_utils.Tensor("LABEL", result.labels[:, None]),
-            pb_utils.Tensor(ACCOUNT_OUTPUT, result.pvalues.astype(np.float32)[:, None]),
+            pb_utils.Tensor(ACCOUNT_OUTPUT, result.evidence().astype(np.float32)),
         ]
         return pb_utils.InferenceResponse(output_tensors=outputs)

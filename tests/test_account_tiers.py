@@ -1,0 +1,174 @@
+"""The account test's bank of CUSUMs, its tiers, linked accounts and the drift monitor
+(in-process, no server)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from same_defense.accounts import AccountService, MemoryStore, sample_hashes
+from same_defense.accounts.links import account_links, client_address, network_of
+from same_defense.accounts.population import PopulationMonitor
+from same_defense.core import REVIEW, SUSPECTED, account_evidence, score_pvalues
+from same_defense.core.accounts import AccountSettings, AccountState, update_state
+from same_defense.export.calibration import account_settings_for
+
+CLASSES = 10
+PER_CLASS = 125  # the default build's calibration scores per class
+
+
+def _calibrated(seed: int = 0) -> tuple[list[np.ndarray], AccountSettings]:
+    rng = np.random.default_rng(seed)
+    reference = [np.sort(rng.random(PER_CLASS)) for _ in range(CLASSES)]
+    return reference, account_settings_for([r.tolist() for r in reference])
+
+
+def _evidence(scores: np.ndarray, classes: np.ndarray, reference, flags=None) -> np.ndarray:
+    flags = np.zeros(len(scores)) if flags is None else flags
+    return account_evidence(score_pvalues(scores, classes, reference), classes, flags)
+
+
+def _stream(settings, evidence) -> AccountState:
+    return update_state(AccountState(), evidence, np.ones(len(evidence), bool), settings, 0.0)
+
+
+def test_the_bank_sees_a_rate_the_single_cusum_could_not():
+    """A thief whose exceedance rate at 0.2 is 0.54: between the honest bound and the former
+    CUSUM's break-even (about 0.61), where that CUSUM drifted down for ever."""
+    reference, settings = _calibrated()
+    rng = np.random.default_rng(1)
+    n = 3000
+    classes = rng.integers(0, CLASSES, n)
+    # scores: with probability 0.54 above the class's 80th reference percentile
+    high = rng.random(n) < 0.54
+    scores = np.where(high, rng.uniform(0.81, 1.0, n), rng.uniform(0.0, 0.79, n))
+    state = _stream(settings, _evidence(scores, classes, reference))
+    assert 0 < state.suspected_at_query < n
+    old_up, old_down = np.log(0.8 / 0.39), np.log(0.2 / 0.61)
+    assert 0.54 * old_up + 0.46 * old_down < 0  # the old test's expected step: downwards
+
+
+def test_honest_streams_stay_below_the_alarm_with_the_stated_bound():
+    """Honest scores drawn from the calibration distribution itself (conformal p-values
+    against a finite reference), 1,000 accounts x 1,000 queries, one-class users included."""
+    reference, settings = _calibrated(seed=2)
+    rng = np.random.default_rng(3)
+    alarms = 0
+    for j in range(1000):
+        classes = np.full(1000, j % CLASSES) if j % 4 == 0 else rng.integers(0, CLASSES, 1000)
+        state = _stream(settings, _evidence(rng.random(1000), classes, reference))
+        alarms += state.suspected_at_query > 0
+    assert settings.false_alarm_bound(1000) <= 1e-3
+    assert alarms == 0  # the bound allows about 1 of 1,000; any more would be a broken test
+
+
+def test_tiers_review_first_then_strong_evidence_then_the_operator():
+    settings = AccountSettings(levels=(0.2,), lifts=(0.5,), h=10.0, strong_min_queries=20)
+    unflagged = np.zeros((60, 3))
+    unflagged[:, 1] = -1  # class unknown: bounded at 0.4
+    state = _stream(settings, unflagged)  # p-value 0: every query exceeds, none flagged
+    assert state.tier(0.0, settings) == REVIEW  # costs information, not correctness
+    flagged = unflagged.copy()
+    flagged[:, 2] = 1.0
+    strong = _stream(settings, flagged)
+    assert strong.tier(0.0, settings) == SUSPECTED and strong.strong_at_query >= 20
+    service = AccountService(settings, MemoryStore(), clock=lambda: 0.0)
+    service.record("eve", unflagged, [str(i) for i in range(60)])
+    assert service.tier("eve") == REVIEW
+    service.confirm("eve")
+    assert service.tier("eve") == SUSPECTED
+    service.clear("eve")
+    assert service.tier("eve") == ""
+
+
+def test_linked_accounts_pool_their_evidence_and_spare_established_neighbours():
+    settings = AccountSettings(levels=(0.2,), lifts=(0.5,), h=10.0, young_queries=30)
+    service = AccountService(settings, MemoryStore(), clock=lambda: 0.0)
+    net = ("net:203.0.113.0/24",)
+    rng = np.random.default_rng(4)
+    # an honest neighbour with a track record (uniform p-values, 40 queries) on the network
+    honest = np.column_stack([rng.random(40), np.full(40, -1), np.zeros(40)])
+    service.record("neighbour", honest, [f"n{i}" for i in range(40)], net)
+    # 40 Sybils, 2 foreign queries each: no account alone comes near the alarm
+    for k in range(40):
+        ev = np.column_stack([np.zeros(2), np.full(2, -1), np.zeros(2)])
+        service.record(f"sybil-{k}", ev, [f"s{k}-{i}" for i in range(2)], net)
+    assert all(service.store.get(f"sybil-{k}").tier(0.0, settings) == "" for k in range(40))
+    assert service.tier("sybil-7", net) == REVIEW  # the network's pooled evidence binds them
+    assert service.tier("newcomer", net) == REVIEW  # a new key on that network too
+    assert service.tier("neighbour", net) == ""  # an established account keeps its answers
+    assert service.tier("sybil-7") == ""  # the same account seen from another network
+
+
+def _history(service, name, links, n=30, seed=0):
+    """An established customer: ``n`` honest queries before anything changes."""
+    rng = np.random.default_rng(seed)
+    clean = np.column_stack([rng.uniform(0.5, 1.0, n), np.full(n, -1), np.zeros(n)])
+    service.record(name, clean, [f"{name}-h{i}" for i in range(n)], links)
+
+
+def test_a_drift_of_established_accounts_is_held_and_alerted_not_suspected():
+    settings = AccountSettings(levels=(0.2,), lifts=(0.5,), h=10.0, young_queries=20)
+    monitor = PopulationMonitor(drift_accounts=5, window_s=3600)
+    service = AccountService(settings, MemoryStore(), clock=lambda: 0.0, population=monitor)
+    drifts: list[list[str]] = []
+    service.on_drift.append(lambda held, now: drifts.append(held))
+    exceed = np.column_stack([np.zeros(30), np.full(30, -1), np.zeros(30)])
+    for j in range(8):  # eight customers get the same new camera, on eight networks
+        links = (f"net:10.0.{j}.0/24",)
+        _history(service, f"c{j}", links, seed=j)
+        service.record(f"c{j}", exceed, [f"{j}-{i}" for i in range(30)], links)
+    assert drifts and monitor.drift_since is not None
+    assert [service.tier(f"c{j}") for j in range(8)] == [""] * 8  # none answered as suspected
+    assert {a for a, s in service.suspected() if s.held} == {f"c{j}" for j in range(8)}
+
+
+def test_a_swarm_of_new_keys_is_not_a_drift():
+    settings = AccountSettings(levels=(0.2,), lifts=(0.5,), h=10.0, young_queries=20)
+    monitor = PopulationMonitor(drift_accounts=5, window_s=3600)
+    service = AccountService(settings, MemoryStore(), clock=lambda: 0.0, population=monitor)
+    exceed = np.column_stack([np.zeros(30), np.full(30, -1), np.zeros(30)])
+    for j in range(8):  # eight new keys on eight networks: a thief's Sybils
+        service.record(f"s{j}", exceed, [f"{j}-{i}" for i in range(30)], (f"net:10.1.{j}.0/24",))
+    assert monitor.drift_since is None
+    assert all(service.tier(f"s{j}") == REVIEW for j in range(8))
+
+
+def test_linked_alarms_do_not_look_like_a_drift():
+    settings = AccountSettings(levels=(0.2,), lifts=(0.5,), h=10.0, young_queries=20)
+    monitor = PopulationMonitor(drift_accounts=5, window_s=3600)
+    service = AccountService(settings, MemoryStore(), clock=lambda: 0.0, population=monitor)
+    exceed = np.column_stack([np.zeros(30), np.full(30, -1), np.zeros(30)])
+    net = ("net:203.0.113.0/24",)
+    for j in range(8):  # eight thieves' keys on one network, each with a history
+        _history(service, f"t{j}", net, seed=j)
+        service.record(f"t{j}", exceed, [f"{j}-{i}" for i in range(30)], net)
+    assert monitor.drift_since is None
+    assert all(service.tier(f"t{j}") == REVIEW for j in range(8))
+
+
+def test_client_address_trusts_forwarded_for_only_from_a_trusted_proxy():
+    assert network_of("203.0.113.77") == "net:203.0.113.0/24"
+    assert network_of("2001:db8:1:2:3:4:5:6") == "net:2001:db8:1:2::/64"
+    assert network_of("not an address") is None
+    assert network_of("10.1.2.3") is None and network_of("127.0.0.1") is None  # not public
+    assert client_address("ipv4:10.1.1.1:555", "198.51.100.9", ["10.1.1.1"]) == "198.51.100.9"
+    assert client_address("ipv4:10.9.9.9:555", "198.51.100.9", ["10.1.1.1"]) == "10.9.9.9"
+    assert client_address("ipv6:[2001:db8::1]:80", None, []) == "2001:db8::1"
+    assert account_links("203.0.113.5", "acme") == ("net:203.0.113.0/24", "group:acme")
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_evidence_round_trip_through_the_gateway_shapes(rows):
+    from tritonclient.grpc import service_pb2
+
+    from same_defense.core import ACCOUNT_OUTPUT, ACCOUNT_OUTPUT_WIDTH
+    from same_defense.gateway.accounting import finish_infer
+
+    ev = np.arange(rows * ACCOUNT_OUTPUT_WIDTH, dtype=np.float32).reshape(rows, -1)
+    response = service_pb2.ModelInferResponse(model_name="same")
+    response.outputs.add(name=ACCOUNT_OUTPUT, datatype="FP32", shape=[rows, ACCOUNT_OUTPUT_WIDTH])
+    response.raw_output_contents.append(ev.tobytes())
+    _, got = finish_infer(response.SerializeToString())
+    np.testing.assert_array_equal(got, ev)
+    assert sample_hashes(np.zeros((rows, 1, 2, 2), np.float32))[0]
