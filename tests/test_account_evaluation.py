@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 
 from same_defense.data import load_dataset, make_query_set, split_dataset
-from same_defense.evaluation.account_population import AccountOracle, account_service
+from same_defense.evaluation.account_population import AccountOracle, Dilution, account_service
 from same_defense.evaluation.accounts import main as accounts_main
 from same_defense.evaluation.honest_population import (
+    FEW_COPIES,
     HONEST_KINDS,
+    answer_set,
     clopper_pearson_upper,
     honest_requests,
-    run_honest_population,
+    run_behaviours,
 )
 from same_defense.serving.inprocess import InProcessSame
 
@@ -31,7 +33,7 @@ def test_split(pipeline):
     return split_dataset(load_dataset(m["dataset"]), seed=m["seed"]).test
 
 
-def test_noise_thief_is_suspected_and_then_answered_with_the_policy(pipeline):
+def test_noise_thief_is_reviewed_then_answered_with_the_policy(pipeline):
     service = account_service(pipeline.manifest)
     shape = tuple(pipeline.manifest["input_shape"])
     noise = make_query_set("noise", 256, shape, seed=3)
@@ -39,54 +41,81 @@ def test_noise_thief_is_suspected_and_then_answered_with_the_policy(pipeline):
     answers = [oracle.query(noise[i : i + 32]) for i in range(0, 256, 32)]
     labels = np.concatenate([a.labels for a in answers])
     summary = oracle.summary()
-    # Noise exceeds at nearly every query: the CUSUM crosses h within a few dozen queries.
+    # Noise exceeds at nearly every level: the bank crosses h within a few dozen queries.
     assert summary["accounts_suspected"] == 1
     assert summary["detection_delay"] is not None and summary["detection_delay"] <= 64
-    forced = oracle.view("forced")
-    assert forced[-32:].all() and not forced[:32].any()  # suspicion applies from the next batch
-    assert oracle.first_suspected["thief-0"] <= 96
+    tier = oracle.view("tier")
+    # the alarm fires inside the first request (about 10 queries): answered again as reviewed
+    assert (tier[:32] == 1).all()
+    # nearly all flagged: strong evidence once 50 queries are in, the policy from then on
+    assert (tier[-64:] == 2).all()
     out = pipeline.graphs.run(noise)
     truth = out.logits.argmax(axis=1)
+    forced = tier == 2
     assert (labels[forced] != truth[forced]).mean() > 0.9  # misinformation, not the victim
     assert oracle.queries_used == 256 and len(oracle.view("score")) == 256
 
 
-def test_round_robin_spreads_batches_and_dilutes_evidence(pipeline):
+def test_requests_go_round_robin_and_few_queries_per_account_raise_nothing(pipeline):
     shape = tuple(pipeline.manifest["input_shape"])
-    noise = make_query_set("noise", 128, shape, seed=4)
+    noise = make_query_set("noise", 32, shape, seed=4)
     oracle = AccountOracle(pipeline, account_service(pipeline.manifest), accounts=4)
-    for i in range(0, 128, 16):
-        oracle.query(noise[i : i + 16])
-    # batch i went to account i % 4; 16 queries per account cannot raise an alarm (h / step up
-    # is above 16), so no second batch is forced
-    assert list(oracle.view("account")[::16]) == [0, 1, 2, 3, 0, 1, 2, 3]
-    assert not oracle.view("forced").any()
+    for i in range(0, 32, 8):
+        oracle.query(noise[i : i + 8])
+    # batch i went to account i % 4; 8 queries per account stay below h
+    assert list(oracle.view("account")[::8]) == [0, 1, 2, 3]
+    assert not oracle.view("tier").any()
+    single = AccountOracle(pipeline, account_service(pipeline.manifest), 4, request_size=1)
+    single.query(noise[:8])
+    assert list(single.view("account")) == [0, 1, 2, 3, 0, 1, 2, 3]
+
+
+def test_dilution_interleaves_copies_and_returns_the_foreign_answers(pipeline, test_split):
+    shape = tuple(pipeline.manifest["input_shape"])
+    noise = make_query_set("noise", 10, shape, seed=5)
+    dilution = Dilution(test_split.images[:5], ratio=2, seed=0)
+    oracle = AccountOracle(
+        pipeline, account_service(pipeline.manifest), 1, budget=10, dilution=dilution
+    )
+    answer = oracle.query(noise)
+    assert len(answer.labels) == 10  # the attack sees its own queries only
+    foreign = oracle.view("foreign")
+    assert len(foreign) == 30 and list(foreign[:6]) == [True, False, False, True, False, False]
+    images, transcript = oracle.transcript()
+    assert len(images) == len(transcript.labels) == 30  # the thief trains on the copies too
 
 
 def test_honest_uniform_accounts_are_not_suspected(pipeline, test_split):
     out = pipeline.graphs.run(test_split.images)
-    service = account_service(pipeline.manifest)
-    result = run_honest_population(
-        pipeline.settings,
-        service,
-        out,
-        test_split.images,
-        test_split.labels,
-        accounts=6,
-        queries=600,
-        kinds=("uniform",),
-    )
+    answered = answer_set(out, test_split.images, test_split.labels, pipeline.settings)
+    services = []
+
+    def service_for():
+        services.append(account_service(pipeline.manifest))
+        return services[-1]
+
+    result = run_behaviours(service_for, {"test": answered}, 6, 600, kinds=("uniform",))
     assert result["overall"]["suspected"] == 0
-    assert result["overall"]["lost_to_suspicion_points"] == 0
-    assert len(list(service.store.accounts())) == 6  # every request went through the service
-    assert all(s.distinct > 0 for _, s in service.store.accounts())
+    assert result["overall"]["accuracy_lost_points"] <= 1.0  # flagged queries keep top-1
+    accounts = [a for a, _ in services[0].store.accounts() if not a.startswith("~")]
+    assert len(accounts) == 6  # every request went through the service
+    assert all(services[0].store.get(a).distinct > 0 for a in accounts)
 
 
 def test_honest_request_kinds_have_the_stated_shape():
-    labels = np.repeat(np.arange(10), 75)
+    labels = np.repeat(np.arange(10), 80)
     for kind in HONEST_KINDS:
         reqs = honest_requests(kind, 3, labels, 1000, np.random.default_rng(0))
         picks = np.concatenate(reqs)
+        if kind == "young":
+            assert 5 <= len(picks) <= 50 and max(len(r) for r in reqs) <= 4
+            continue
+        if kind == "perturbed-few":  # a few digits' adjacent copies in the perturbed set
+            assert len(set(picks // FEW_COPIES)) == 3 and len(picks) == 3 * FEW_COPIES
+            continue
+        if kind == "heavy":
+            assert len(set(picks)) == len(picks) == 800  # distinct, as many as the set holds
+            continue
         assert len(picks) == 1000, kind
         if kind == "single-class":
             assert set(labels[picks]) == {3}
@@ -118,7 +147,9 @@ def test_quick_cli_writes_the_report(tiny_repository, tmp_path):
             "--budget",
             "192",
             "--attacks",
-            "noise",
+            "knockoff-digits8x8",
+            "--outputs",
+            "probs",
             "--honest-accounts",
             "24",
             "--honest-queries",
@@ -127,11 +158,16 @@ def test_quick_cli_writes_the_report(tiny_repository, tmp_path):
     )
     assert rc == 0
     report = json.loads((out / "accounts.json").read_text())
-    assert report["schema_version"] == 1
-    assert {"settings", "honest", "attacks", "goals", "timings"} <= set(report)
+    assert report["schema_version"] == 2
+    assert {"settings", "honest", "shifted", "thieves", "pool_only", "goals"} <= set(report)
     assert report["honest"]["overall"]["accounts"] == 24
-    assert {(r["attack"], r["accounts"]) for r in report["attacks"]} >= {("noise", 1), ("noise", 0)}
+    cases = {(r["attack"], r["accounts"], r["ratio"]) for r in report["thieves"]}
+    assert {("knockoff-digits8x8", 0, 0), ("knockoff-digits8x8", 1, 0)} <= cases
+    assert ("knockoff-digits8x8", 1, 2) in cases  # a diluting thief
+    assert set(report["shifted"]) == {"graded", "review-only", "legacy"}
+    assert "blur@1" in report["shifted"]["graded"]
     for g in report["goals"]:
         assert {"goal", "measured", "met"} <= set(g)
     assert (out / "accounts.md").read_text().startswith("# Account-level SAME")
     assert (out / "accounts_clone_vs_accounts.png").stat().st_size > 0
+    assert (out / "accounts_clone_vs_dilution.png").stat().st_size > 0

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     keys_dir = tempfile.TemporaryDirectory(prefix="same-demo-keys-")
     keys = KeyStore(Path(keys_dir.name) / "keys.json")
-    callers = ["honest", *(f"thief-{source}" for source in QUERY_SOURCES)]
+    callers = ["honest", *(f"thief-{source}" for source in DEMO_SOURCES)]
     key = {name: keys.add(name) for name in callers}
     # The default deployment: Triton on loopback behind the gateway that exposes only `same`
     # to callers with a key, with the account-level defense in the gateway's memory.
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             benign = client.classify(splits.test.images, batch_size=64)
             benign_counts = read_defense_counters(service.metrics_url) - before
         attack_rates, thieves = {}, {}
-        for source in QUERY_SOURCES:
-            queries = make_query_set(source, args.queries, shape, seed=1)
+        for source in DEMO_SOURCES:
+            queries = demo_queries(source, args.queries, shape)
             with SameClient(service.public_url, api_key=key[f"thief-{source}"]) as client:
                 before = read_defense_counters(service.metrics_url)
                 client.classify(queries, batch_size=16)
@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             attack_rates[source] = round(counts.flag_rate, 4)
         accounts = service.gateway.accounts
         states = {name: accounts.store.get(name) for name in callers} if accounts else {}
+        account_test = accounts.settings if accounts else None
+        now = time.time()
         timings["queries_s"] = round(time.perf_counter() - t, 1)
 
     served_accuracy = float((benign.labels == splits.test.labels).mean())
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             "queries": state.queries,
             "suspected": state.suspected_at_query > 0,
             "suspected_after_queries": state.suspected_at_query or None,
+            "strong_after_queries": state.strong_at_query or None,
+            "tier": (state.tier(now, account_test) if account_test else "") or "normal",
             "exceedances": state.exceedances,
         }
     report = {
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "public_victim_call_refused": victim_refused,
         "call_without_key_refused": no_key_refused,
         "accounts": thieves,
+        "account_response": account_response(account_test),
         "benign_queries": len(splits.test),
         "queries_per_attack_set": args.queries,
         "timings": timings,
@@ -122,6 +127,44 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(report)
     print(f"wrote {args.report}")
     return 0
+
+
+# Attack-like query sets sent by one thief account each: the three foreign sources, and digits
+# rendered from fonts (look-alike data, which SAME's reconstruction does not tell from MNIST).
+DEMO_SOURCES = (*QUERY_SOURCES, "fonts")
+
+
+def demo_queries(source: str, n: int, shape: tuple[int, ...]) -> np.ndarray:
+    """``n`` queries of a demo source (``fonts``: look-alike digits; else a query source)."""
+    if source == "fonts":
+        from .data.lookalike import lookalike_digits
+
+        return lookalike_digits("fonts", n, shape, seed=1)[0]
+    return make_query_set(source, n, shape, seed=1)
+
+
+def account_response(settings) -> dict:
+    """The graded response the gateway applies, in the settings' own numbers."""
+    if settings is None:
+        return {}
+    return {
+        "flagged_query_without_evidence": "top-1 label (no probabilities)",
+        "alarm": "review: top-1 labels only" if settings.graded else "the response policy",
+        "strong_evidence": (
+            f"the response policy once the statistic reaches {settings.strong_factor:g} x h "
+            f"({settings.strong_factor * settings.h:.1f}) with >= "
+            f"{settings.strong_flag_share:.0%} of at least {settings.strong_min_queries} "
+            "distinct queries flagged"
+            if settings.auto_strong
+            else "the response policy after the operator confirms"
+        ),
+        "linked_accounts": (
+            f"an account with fewer than {settings.young_queries} distinct queries (or its own "
+            f"statistic above {settings.elevated_factor:g} x h) is answered at its network's "
+            "or key group's tier"
+        ),
+        "drift": "alarms of many unrelated established accounts are held for the operator",
+    }
 
 
 def _refused(url: str, model: str, shape: tuple[int, ...], key: str | None, status: str) -> bool:
@@ -164,6 +207,9 @@ def print_summary(report: dict) -> None:
     )
     for source, rate in report["attack_flag_rate"].items():
         print(f"   flag rate {source:<14}  {rate:.4f}")
+    print("   account response (graded):")
+    for what, how in report.get("account_response", {}).items():
+        print(f"     {what.replace('_', ' ')}: {how}")
     print("   accounts (account-level test on each caller's SAME scores):")
     for name, a in report["accounts"].items():
         verdict = (
@@ -171,7 +217,9 @@ def print_summary(report: dict) -> None:
             if a["suspected"]
             else "not suspected"
         )
-        print(f"     {name:<20} {a['queries']:5d} queries, {verdict}")
+        if a.get("strong_after_queries"):
+            verdict += f", strong evidence after {a['strong_after_queries']}"
+        print(f"     {name:<20} {a['queries']:5d} queries, {verdict}; now {a.get('tier', '-')}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ Two sampling strategies, as in the paper:
   the attack CPU-sized.
 
 Transfer sets here: sklearn's 8x8 digits upscaled (the stand-in for EMNIST-digits), crops
-of sklearn's sample photographs, and CIFAR-100 read from local files (the paper's transfer set
-for a CIFAR-10 victim), all built by :func:`transfer_set`.
+of sklearn's sample photographs, CIFAR-100 read from local files (the paper's transfer set
+for a CIFAR-10 victim), and the look-alike digits of :mod:`same_defense.data.lookalike`
+(``fonts``, ``strokes``; ``fonts-blur``: the font digits blurred as by a camera, a thief who
+hides in an honest drift), all built by :func:`transfer_set`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .base import AttackResult, Evaluate, concat_answers, extend_pool, query_in_
 from .clone import CloneTrainer
 from .oracle import Answer, Oracle
 
-TRANSFER_SETS = ("digits8x8", "natural", "cifar100")
+TRANSFER_SETS = ("digits8x8", "natural", "cifar100", "fonts", "strokes", "fonts-blur")
 # Transfer sets read from local files: the folder under ``root`` that must exist.
 LOCAL_TRANSFER_SETS = {"cifar100": "cifar-100-python"}
 
@@ -68,6 +70,14 @@ def transfer_set(
     if source == "natural":
         images = make_query_set("natural", size, shape, seed)
         return images, _clusters(images, 10, seed)
+    if source in ("fonts", "strokes", "fonts-blur"):
+        from ..data.lookalike import lookalike_digits
+        from ..data.shifts import apply_shift
+
+        images, labels = lookalike_digits(source.split("-")[0], size, shape, seed)
+        if source.endswith("-blur"):
+            images = apply_shift("blur@1", images, seed)
+        return images, labels
     raise ValueError(f"unknown transfer set {source!r}; choose one of {', '.join(TRANSFER_SETS)}")
 
 

@@ -1,15 +1,21 @@
-"""Offline evaluation of the account-level defense: what spreading queries over accounts buys
-a thief, and what the account test costs honest users. Writes ``accounts.json``,
-``accounts.md`` and ``accounts_clone_vs_accounts.png``.
+"""Offline evaluation of the account-level defense against thieves who adapt, and of what it
+costs honest users whose data drift. Writes ``accounts.json``, ``accounts.md`` and plots.
 
-    python -m same_defense.evaluation.accounts            # 4,000 queries, 3 seeds for k = 1
-    python -m same_defense.evaluation.accounts --quick    # smoke run (small budget, 1 seed)
+    python -m same_defense.evaluation.accounts            # the full sweep (about 30 min)
+    python -m same_defense.evaluation.accounts --quick    # smoke run (minutes)
 
-Each thief runs against :class:`~.account_population.AccountOracle` with its batches spread
-over ``k`` accounts, and once undefended (``monitor``, no account layer): the reference its
-drop is measured from. Attacks, clone training and the memoised graphs are those of
-``make evaluate`` (:mod:`.run`), except that clones train for 2 epochs instead of 3 by default
-(``--epochs 3`` for the same training) so that the 70 runs fit about 12 minutes on 2 cores.
+Thieves (:class:`ThiefCase`): KnockoffNets on look-alike digits (rendered from fonts), on the
+8x8 digits, and JBDA, with probabilities and with labels, one image per request (and 8): on
+one account (three seeds), over 10 to 400 accounts that are unrelated, on one network or in
+one key group, and diluting each foreign query with R perturbed copies of P real images it
+holds (``pool``, a split no model saw). Each runs once undefended (policy ``monitor``, no
+account layer): the reference. The **pool-only clone** (the thief's real images with their
+true labels, no query) is the floor a diluting thief is judged against; the **cost to steal**
+is the number of unrelated accounts a thief needs to keep its clone within 10 points of the
+undefended one.
+
+Honest users (:mod:`.honest_population`): 10,000 accounts of every behaviour, and shifted
+users (blur, pens, contrast, rotation, noise, JPEG, scanners) at several strengths.
 """
 
 from __future__ import annotations
@@ -23,19 +29,40 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..attacks import OUTPUT_TYPES, CloneConfig, clone_architecture
-from .accounts_report import write_markdown, write_plot
-from .setup import ATTACKS, EvalConfig, context, make_attack
+import numpy as np
 
-ACCOUNT_COUNTS = (1, 10, 40, 100)
-QUICK_ATTACKS = ("knockoff-digits8x8", "noise")
-# run.py trains clones for 3 epochs. Measured on 2 cores: 3 epochs with the undefended reference
-# on every seed took about 2,100 CPU-seconds (17 minutes); 2 epochs and one undefended seed take
-# about 1,280 (11 minutes). The thief is weaker for it (knockoff-digits8x8: 67 % instead of 78 %).
-DEFAULT_EPOCHS = 2
-# Seconds per run measured on the default build (1 thread): the longest runs start first.
-COST = {"jbda": 40, "knockoff-digits8x8": 22, "knockoff-natural": 16, "noise": 16, "dfme": 14}
+from ..attacks import OUTPUT_TYPES, CloneConfig, clone_architecture
+from .setup import EvalConfig, context, make_attack
+
+GOAL_ATTACKS = ("knockoff-fonts", "knockoff-digits8x8", "jbda")
+EXTRA_THIEVES = ("knockoff-strokes", "knockoff-natural", "knockoff-fonts-blur")
+ACCOUNT_COUNTS = (1, 10, 50, 200, 400)
+LINKED_COUNTS = (10, 50, 400)  # one network / one group: fewer points, the claim is "every k"
+DILUTIONS = ((200, 1), (200, 2), (200, 4), (50, 2))  # (pool P, copies R per foreign query)
+QUICK_SHIFTS = ("blur@1", "brighter@0.1", "thicker-pen@2")
+DEFAULT_EPOCHS = 2  # as before: 3 epochs cost 1.6x the time for a stronger thief (docs)
+CLOSE_POINTS = 10  # "a clone within 10 points of the undefended one" (cost to steal)
+GOAL_CLONE = 0.30
 log = logging.getLogger("same.evaluation.accounts")
+
+
+@dataclass(frozen=True)
+class ThiefCase:
+    attack: str
+    output: str
+    accounts: int  # 0: undefended reference
+    links: str = "unrelated"
+    request_size: int | None = 1
+    pool: int = 0  # real images held (dilution)
+    ratio: int = 0  # copies per foreign query (dilution)
+    seed: int = 0
+    response: str = "graded"  # see account_population.RESPONSES
+
+    @property
+    def cost(self) -> float:
+        """Rough seconds, to start the longest first."""
+        base = 40 if self.attack == "jbda" else 20
+        return base * (1 + self.ratio) + self.accounts / 40
 
 
 @dataclass(frozen=True)
@@ -43,12 +70,19 @@ class AccountEvalConfig:
     repository: str = "model_repository"
     out_dir: str = "reports"
     budget: int = 4000
-    seeds: tuple[int, ...] = (0, 1, 2)  # every seed for k = 1; the first elsewhere
-    account_counts: tuple[int, ...] = ACCOUNT_COUNTS
-    attacks: tuple[str, ...] = ATTACKS
+    seeds: tuple[int, ...] = (0, 1, 2)  # every seed for one account; the first elsewhere
+    attacks: tuple[str, ...] = GOAL_ATTACKS
+    extra_thieves: tuple[str, ...] = EXTRA_THIEVES
     outputs: tuple[str, ...] = OUTPUT_TYPES
-    honest_accounts: int = 1000
-    honest_queries: int = 1000
+    account_counts: tuple[int, ...] = ACCOUNT_COUNTS
+    linked_counts: tuple[int, ...] = LINKED_COUNTS
+    dilutions: tuple[tuple[int, int], ...] = DILUTIONS
+    honest_accounts: int = 10_000
+    honest_queries: int = 300
+    shifted_accounts: int = 10
+    shifts: tuple[str, ...] = ()  # empty: every kind@strength of data.shifts
+    heavy_queries: int = 10_000
+    responses: tuple[str, ...] = ("graded", "review-only", "legacy")
     clone: CloneConfig = field(default_factory=lambda: CloneConfig(epochs=DEFAULT_EPOCHS))
     workers: int = 2
     quick: bool = False
@@ -69,18 +103,34 @@ class AccountEvalConfig:
             quick=self.quick,
         )
 
-    def runs(self) -> list[tuple[str, str, int, int]]:
-        """``(attack, output, accounts, seed)``, accounts 0 = undefended; longest first. Only
-        the one-account runs repeat over seeds: they carry the goals, and their spread is
-        what a single seed would hide (the undefended clone varied by about 1 point)."""
-        runs = [
-            (a, o, k, s)
-            for a in self.attacks
-            for o in self.outputs
-            for k in (0, *self.account_counts)
-            for s in (self.seeds if k == 1 else self.seeds[:1])
-        ]
-        return sorted(runs, key=lambda r: -COST.get(r[0], 20))
+    def cases(self) -> list[ThiefCase]:
+        """Every thief run, longest first."""
+        s0 = self.seeds[0]
+        cases: list[ThiefCase] = []
+        for a in self.attacks:
+            for o in self.outputs:
+                cases += [ThiefCase(a, o, 0, seed=s) for s in self.seeds]
+                cases += [ThiefCase(a, o, 1, seed=s) for s in self.seeds]
+                cases.append(ThiefCase(a, o, 1, request_size=8, seed=s0))
+                cases += [ThiefCase(a, o, k, seed=s0) for k in self.account_counts if k > 1]
+                cases += [
+                    ThiefCase(a, o, k, links=mode, seed=s0)
+                    for mode in ("one-network", "one-group")
+                    for k in self.linked_counts
+                ]
+                if a.startswith("knockoff"):
+                    cases += [
+                        ThiefCase(a, o, 1, pool=p, ratio=r, seed=s0) for p, r in self.dilutions
+                    ]
+                cases += [
+                    ThiefCase(a, o, k, seed=s0, response=r)
+                    for r in self.responses
+                    if r != "graded"
+                    for k in (1, 50)
+                ]
+        for a in self.extra_thieves:
+            cases += [ThiefCase(a, "probs", 0, seed=s0), ThiefCase(a, "probs", 1, seed=s0)]
+        return sorted(cases, key=lambda c: -c.cost)
 
 
 _PIPELINES: dict = {}  # per process: the served pipeline, built once
@@ -94,57 +144,134 @@ def pipeline_for(repository: str):
     return _PIPELINES[repository]
 
 
-def run_one(config: AccountEvalConfig, attack: str, output: str, accounts: int, seed: int) -> dict:
+def thief_pool(ctx, size: int, seed: int) -> np.ndarray:
+    """``size`` real images of the pool split (class-balanced), the thief's own data."""
+    pool = ctx.splits.pool
+    if pool is None or len(pool) == 0:
+        raise ValueError("this repository has no pool split: rebuild it (same-build)")
+    rng = np.random.default_rng(seed)
+    per_class = -(-size // ctx.num_classes)
+    index = np.concatenate(
+        [
+            rng.permutation(np.flatnonzero(pool.labels == c))[:per_class]
+            for c in range(ctx.num_classes)
+        ]
+    )
+    return pool.images[np.sort(index)[:size]]
+
+
+def run_one(config: AccountEvalConfig, case: ThiefCase) -> dict:
     """One thief; ``accounts`` = 0 is the undefended reference, else the account layer."""
     from ..attacks import CloneTrainer, InProcessOracle, LabelOnly
-    from .account_population import AccountOracle, account_service
+    from .account_population import (
+        AccountOracle,
+        Dilution,
+        account_service,
+        response_settings,
+    )
     from .defenses import DefendedPipeline
 
     start = time.perf_counter()
     logging.getLogger("same.accounts").setLevel(logging.ERROR)  # not one line per alarm
     ctx = context(config.eval_config())
     pipeline = pipeline_for(config.repository)
-    thief = make_attack(attack, ctx, seed=seed)
+    thief = make_attack(case.attack, ctx, seed=case.seed)
     arch = clone_architecture(ctx.manifest)
-    trainer = CloneTrainer(ctx.shape, ctx.num_classes, arch, replace(config.clone, seed=seed))
-    if accounts == 0:  # same-monitor answers exactly what the undefended victim does
+    trainer = CloneTrainer(ctx.shape, ctx.num_classes, arch, replace(config.clone, seed=case.seed))
+    if case.accounts == 0:  # same-monitor answers exactly what the undefended victim does
         monitor = DefendedPipeline(ctx.graphs, ctx.defenses["same-monitor"])
         oracle = InProcessOracle(monitor, config.budget)
     else:
-        service = account_service(pipeline.manifest)
-        oracle = AccountOracle(pipeline, service, accounts, config.budget, graphs=ctx.graphs)
-    result = thief.run(LabelOnly(oracle) if output == "labels" else oracle, trainer, output)
-    record = {"attack": attack, "output": output, "accounts": accounts, "seed": seed}
-    record |= {"queries_used": result.queries_used}
-    record |= ctx.clone_metrics(result.clone)
-    if accounts:
+        dilution = (
+            Dilution(thief_pool(ctx, case.pool, case.seed), case.ratio, case.seed)
+            if case.ratio
+            else None
+        )
+        oracle = AccountOracle(
+            pipeline,
+            account_service(pipeline.manifest, response=case.response),
+            case.accounts,
+            config.budget,
+            graphs=ctx.graphs,
+            request_size=case.request_size,
+            links=case.links,
+            dilution=dilution,
+            settings=response_settings(pipeline.settings, case.response),
+        )
+    result = thief.run(
+        LabelOnly(oracle) if case.output == "labels" else oracle, trainer, case.output
+    )
+    clone = result.clone
+    if case.ratio:  # the thief trains on everything it got answers for, copies included
+        images, answer = oracle.transcript()
+        clone = trainer.fit_answers(images, answer, case.output)
+    record = asdict(case) | {"queries_used": result.queries_used}
+    record |= ctx.clone_metrics(clone)
+    if case.accounts:
         record |= oracle.summary()
     return record | {"time_s": round(time.perf_counter() - start, 1)}
 
 
-def describe(r: dict) -> str:
-    who = f"{r['accounts']:>3} accounts" if r["accounts"] else "undefended  "
-    extra = (
-        ""
-        if not r["accounts"]
-        else (
-            f" suspected {r['accounts_suspected']}/{r['accounts']} delay {r['detection_delay']} "
-            f"forced {r['forced_share']:.3f}"
+def pool_only_clones(config: AccountEvalConfig) -> dict[str, dict]:
+    """The floor of a diluting thief: its real images (and the same perturbed copies it would
+    send) with their true labels, no query at all."""
+    from ..attacks import CloneTrainer
+    from ..attacks.oracle import Answer
+    from ..data.shifts import photo_copies
+
+    ctx = context(config.eval_config())
+    out = {}
+    for p in sorted({p for p, _ in config.dilutions}):
+        pool = ctx.splits.pool
+        rng = np.random.default_rng(config.seeds[0])
+        per_class = -(-p // ctx.num_classes)
+        index = np.sort(
+            np.concatenate(
+                [
+                    rng.permutation(np.flatnonzero(pool.labels == c))[:per_class]
+                    for c in range(ctx.num_classes)
+                ]
+            )
+        )[:p]
+        copies = max(1, config.budget * 2 // p)
+        images = photo_copies(pool.images[index], copies, config.seeds[0])
+        labels = np.repeat(pool.labels[index], copies)
+        onehot = np.eye(ctx.num_classes, dtype=np.float32)[labels]
+        trainer = CloneTrainer(
+            ctx.shape, ctx.num_classes, clone_architecture(ctx.manifest), config.clone
         )
+        clone = trainer.fit_answers(images, Answer(onehot, labels), "labels")
+        out[str(p)] = ctx.clone_metrics(clone) | {"images": int(len(images))}
+    return out
+
+
+def describe(r: dict) -> str:
+    who = (
+        f"{r['accounts']:>3} accounts ({r['links']}, {r['request_size']}/request"
+        + (f", dilution P{r['pool']} R{r['ratio']}" if r["ratio"] else "")
+        + ")"
+        if r["accounts"]
+        else "undefended"
+    )
+    extra = (
+        f" suspected {r['accounts_suspected']}/{r['accounts']} delay {r['detection_delay']} "
+        f"misinformed {r['misinformed_share']:.2f}"
+        if r["accounts"]
+        else ""
     )
     return (
         f"[{r['attack']}] {r['output']:<6} {who} seed {r['seed']}: clone acc "
-        f"{r['clone_accuracy']:.3f} fidelity {r['clone_fidelity']:.3f}{extra} ({r['time_s']:.0f}s)"
+        f"{r['clone_accuracy']:.3f}{extra} ({r['time_s']:.0f}s)"
     )
 
 
-def run_attacks(config: AccountEvalConfig) -> list[dict]:
-    """Every run, in ``config.workers`` spawned processes (one thread each) or in this one."""
-    runs, records = config.runs(), []
+def run_thieves(config: AccountEvalConfig) -> list[dict]:
+    """Every case, in ``config.workers`` spawned processes (one thread each) or in this one."""
+    cases, records = config.cases(), []
     if config.workers <= 1:
-        for run in runs:
-            records.append(run_one(config, *run))
-            log.info("%s (%d/%d)", describe(records[-1]), len(records), len(runs))
+        for case in cases:
+            records.append(run_one(config, case))
+            log.info("%s (%d/%d)", describe(records[-1]), len(records), len(cases))
         return records
     import multiprocessing as mp
 
@@ -156,16 +283,45 @@ def run_attacks(config: AccountEvalConfig) -> list[dict]:
         initializer=exit_with_parent,
         initargs=(os.getpid(),),
     ) as pool:
-        for future in as_completed([pool.submit(run_one, config, *r) for r in runs]):
+        for future in as_completed([pool.submit(run_one, config, c) for c in cases]):
             records.append(future.result())
-            log.info("%s (%d/%d)", describe(records[-1]), len(records), len(runs))
+            log.info("%s (%d/%d)", describe(records[-1]), len(records), len(cases))
     return records
 
 
+def honest_sets(ctx, settings, config: AccountEvalConfig) -> tuple[dict, dict]:
+    """The honest image sets answered at every tier (the clean test split, the perturbed
+    photos of a few digits, the heavy users' set), and each shift of the test split as graph
+    outputs, images and labels (answered per response compared)."""
+    from ..data.shifts import apply_shift, photo_copies, shift_names
+    from .honest_population import FEW_BASES, FEW_COPIES, answer_set
+
+    test = ctx.splits.test
+
+    def answered(images: np.ndarray, labels: np.ndarray):
+        return answer_set(ctx.graphs.run(images), images, labels, settings)
+
+    bases = np.random.default_rng(11).choice(len(test), min(FEW_BASES, len(test)), replace=False)
+    few = photo_copies(test.images[bases], FEW_COPIES, seed=11)
+    heavy_copies = -(-config.heavy_queries // len(test))
+    heavy = photo_copies(test.images, heavy_copies, seed=12)
+    behaviours = {
+        "test": answer_set(ctx.benign, test.images, test.labels, settings),
+        "perturbed-few": answered(few, np.repeat(test.labels[bases], FEW_COPIES)),
+        "heavy": answered(heavy, np.repeat(test.labels, heavy_copies)),
+    }
+    shifted = {}
+    for name in config.shifts or shift_names():
+        images = apply_shift(name, test.images, seed=13)
+        shifted[name] = (ctx.graphs.run(images), images, test.labels)
+    return behaviours, shifted
+
+
 def evaluate(config: AccountEvalConfig) -> dict:
-    """The whole evaluation; writes the three files and returns the JSON report."""
-    from .account_population import account_service, goals, summarise
-    from .honest_population import run_honest_population
+    """The whole evaluation; writes the report files and returns the JSON report."""
+    from .account_population import account_service, response_settings
+    from .accounts_report import goals, summarise, write_markdown, write_plots
+    from .honest_population import answer_set, run_behaviours, run_shifted
 
     start, timings = time.perf_counter(), {}
     out = Path(config.out_dir)
@@ -173,18 +329,17 @@ def evaluate(config: AccountEvalConfig) -> dict:
     ctx = context(config.eval_config())
     pipeline = pipeline_for(config.repository)
     service = account_service(pipeline.manifest)  # raises if the build wrote no references
-    test = ctx.splits.test
-    honest = run_honest_population(
-        pipeline.settings,
-        service,
-        ctx.benign,
-        test.images,
-        test.labels,
+    behaviours, shifted = honest_sets(ctx, pipeline.settings, config)
+    timings["honest_sets_s"] = round(time.perf_counter() - start, 1)
+    t = time.perf_counter()
+    honest = run_behaviours(
+        lambda: account_service(pipeline.manifest),
+        behaviours,
         config.honest_accounts,
         config.honest_queries,
         seed=config.seeds[0],
     )
-    timings["honest_s"] = round(time.perf_counter() - start, 1)
+    timings["honest_s"] = round(time.perf_counter() - t, 1)
     o = honest["overall"]
     log.info(
         "honest: %d/%d accounts suspected, %.3f points lost (%.0fs)",
@@ -194,13 +349,38 @@ def evaluate(config: AccountEvalConfig) -> dict:
         timings["honest_s"],
     )
     t = time.perf_counter()
+    shifted_rows = {
+        response: run_shifted(
+            lambda r=response: account_service(pipeline.manifest, response=r),
+            {
+                name: answer_set(*raw, response_settings(pipeline.settings, response))
+                for name, raw in shifted.items()
+            },
+            behaviours["test"],
+            config.shifted_accounts,
+            seed=config.seeds[0],
+        )
+        for response in config.responses
+    }
+    timings["shifted_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
     records = sorted(
-        run_attacks(config), key=lambda r: (r["attack"], r["output"], r["accounts"], r["seed"])
+        run_thieves(config),
+        key=lambda r: (
+            r["attack"],
+            r["output"],
+            r["response"],
+            r["links"],
+            r["accounts"],
+            r["ratio"],
+            r["seed"],
+        ),
     )
-    timings["attacks_s"] = round(time.perf_counter() - t, 1)
-    one_account = summarise(records)
+    timings["thieves_s"] = round(time.perf_counter() - t, 1)
+    floors = pool_only_clones(config)
+    summary = summarise(records, floors)
     report = {
-        "schema_version": 1,
+        "schema_version": 2,
         "settings": {k: v for k, v in asdict(config).items() if k != "clone"}
         | {
             "clone": asdict(config.clone),
@@ -208,16 +388,18 @@ def evaluate(config: AccountEvalConfig) -> dict:
             "policy": pipeline.settings.policy,
             "threshold": pipeline.settings.threshold,
             "dataset": ctx.manifest["dataset"],
-            "n_test": len(test),
+            "n_test": len(ctx.splits.test),
             "victim_test_accuracy": ctx.manifest.get("victim_test_accuracy"),
         },
         "honest": honest,
-        "attacks": records,
-        "one_account": one_account,
-        "goals": goals(one_account, honest),
+        "shifted": shifted_rows,
+        "thieves": records,
+        "pool_only": floors,
+        "summary": summary,
+        "goals": goals(summary, honest, shifted_rows),
         "timings": timings,
     }
-    write_plot(report, out / "accounts_clone_vs_accounts.png")
+    write_plots(report, out)
     timings["total_s"] = round(time.perf_counter() - start, 1)
     (out / "accounts.json").write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(report, out / "accounts.md")
@@ -233,14 +415,14 @@ def parse_args(argv: list[str] | None) -> AccountEvalConfig:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: budget 320, 1 seed, k in 1 10, two attacks, 200 honest",
+        help="smoke run: budget 400, 1 seed, k in 1 10 50, one attack, 500 honest accounts",
     )
     p.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (quick: 0)")
-    p.add_argument("--honest-accounts", type=int, help="default 1000 (quick: 200)")
-    p.add_argument("--honest-queries", type=int, default=1000, help="queries per honest account")
-    p.add_argument("--budget", type=int, help="queries per thief (default 4000; quick 320)")
-    p.add_argument("--accounts", type=int, nargs="+", help="k values (default 1 10 40 100)")
-    p.add_argument("--attacks", nargs="+", choices=ATTACKS)
+    p.add_argument("--honest-accounts", type=int, help="default 10000 (quick: 500)")
+    p.add_argument("--honest-queries", type=int, default=300, help="queries per honest account")
+    p.add_argument("--budget", type=int, help="foreign queries per thief (default 4000)")
+    p.add_argument("--accounts", type=int, nargs="+", help="k values (default 1 10 50 200 400)")
+    p.add_argument("--attacks", nargs="+", help=f"default {' '.join(GOAL_ATTACKS)}")
     p.add_argument("--outputs", nargs="+", choices=OUTPUT_TYPES, default=OUTPUT_TYPES)
     p.add_argument("--epochs", type=int, help=f"clone epochs (default {DEFAULT_EPOCHS})")
     p.add_argument("--workers", type=int, help="processes, one thread each (default 2; quick 1)")
@@ -250,13 +432,19 @@ def parse_args(argv: list[str] | None) -> AccountEvalConfig:
     return AccountEvalConfig(
         repository=a.repository,
         out_dir=a.out,
-        budget=a.budget or (320 if q else 4000),
-        seeds=seeds[:1] if q else seeds,
-        account_counts=tuple(a.accounts or ((1, 10) if q else ACCOUNT_COUNTS)),
-        attacks=tuple(a.attacks or (QUICK_ATTACKS if q else ATTACKS)),
+        budget=a.budget or (400 if q else 4000),
+        seeds=seeds,
+        attacks=tuple(a.attacks or (("knockoff-fonts",) if q else GOAL_ATTACKS)),
+        extra_thieves=() if q else EXTRA_THIEVES,
         outputs=tuple(a.outputs),
-        honest_accounts=a.honest_accounts or (200 if q else 1000),
+        account_counts=tuple(a.accounts or ((1, 10, 50) if q else ACCOUNT_COUNTS)),
+        linked_counts=(10,) if q else LINKED_COUNTS,
+        dilutions=((50, 2),) if q else DILUTIONS,
+        honest_accounts=a.honest_accounts or (500 if q else 10_000),
         honest_queries=a.honest_queries,
+        shifted_accounts=5 if q else 10,
+        shifts=QUICK_SHIFTS if q else (),
+        heavy_queries=1000 if q else 10_000,
         workers=a.workers or (1 if q else 2),
         quick=q,
         clone=CloneConfig(
@@ -273,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     report = evaluate(config)
     out = Path(config.out_dir)
     log.info(
-        "wrote %s, accounts.md and accounts_clone_vs_accounts.png in %.0fs",
+        "wrote %s, accounts.md and plots in %.0fs",
         out / "accounts.json",
         report["timings"]["total_s"],
     )

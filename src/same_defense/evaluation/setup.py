@@ -20,7 +20,13 @@ from .metrics import answer_accuracy
 ATTACKS = ("knockoff-digits8x8", "knockoff-natural", "jbda", "dfme", "noise")
 # Added to the default attacks when its files are found (the paper's CIFAR-10 setting).
 LOCAL_ATTACKS = ("knockoff-cifar100",)
-EXTRA_ATTACKS = ("knockoff-digits8x8-adaptive", "knockoff-natural-adaptive")
+EXTRA_ATTACKS = (
+    "knockoff-digits8x8-adaptive",
+    "knockoff-natural-adaptive",
+    "knockoff-fonts",
+    "knockoff-strokes",
+    "knockoff-fonts-blur",
+)
 INDIST = "indist"  # the adaptive attacker with in-distribution data (its own section)
 CURVE_DEFENSES = ("none", "same-misinformation")
 # Served mix, reconstruction error only, KL only, and the authors' a = 0.99 on [-1, 1] pixels.
@@ -139,7 +145,8 @@ def make_attack(name: str, ctx: Context, seed: int | None = None):
     cfg = ctx.config if seed is None else replace(ctx.config, seed=seed)
     if name.startswith("knockoff-"):
         parts = name.split("-")
-        source, sampling = parts[1], ("adaptive" if parts[-1] == "adaptive" else "random")
+        sampling = "adaptive" if parts[-1] == "adaptive" else "random"
+        source = "-".join(parts[1:-1] if sampling == "adaptive" else parts[1:])
         pool, groups = transfer_set(
             source, cfg.budget, ctx.shape, seed=cfg.seed + 1, root=cfg.transfer_root
         )
