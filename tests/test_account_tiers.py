@@ -172,3 +172,32 @@ def test_evidence_round_trip_through_the_gateway_shapes(rows):
     _, got = finish_infer(response.SerializeToString())
     np.testing.assert_array_equal(got, ev)
     assert sample_hashes(np.zeros((rows, 1, 2, 2), np.float32))[0]
+
+
+def test_the_gateway_links_a_call_by_network_and_key_group(tmp_path):
+    from same_defense.accounts import KeyStore
+    from same_defense.gateway.accounting import Authenticator
+    from same_defense.gateway.metrics import GatewayMetrics
+    from same_defense.gateway.rules import AccountRules, Caller, GatewayCore, GatewayPolicy
+
+    keys = KeyStore(tmp_path / "keys.json")
+    keys.add("bot-1", group="reseller")
+    keys.add("alice")
+    rules = AccountRules(trusted_proxies=("10.0.0.5",))
+    core = GatewayCore(
+        None, GatewayPolicy(), Authenticator(keys=keys), None, GatewayMetrics(), None, rules
+    )
+    via_proxy = Caller([("x-forwarded-for", "203.0.113.9")], "ipv4:10.0.0.5:4000")
+    assert core.links("bot-1", via_proxy) == ("net:203.0.113.0/24", "group:reseller")
+    forged = Caller([("x-forwarded-for", "203.0.113.9")], "ipv4:198.51.100.7:4000")
+    assert core.links("alice", forged) == ("net:198.51.100.0/24",)  # header not believed
+    off = GatewayCore(
+        None,
+        GatewayPolicy(),
+        Authenticator(keys=keys),
+        None,
+        GatewayMetrics(),
+        None,
+        AccountRules(link_accounts=False),
+    )
+    assert off.links("bot-1", via_proxy) == ()

@@ -32,3 +32,36 @@ def test_small_classes_get_loose_bounds_and_empty_ones_are_left_out():
         0.2 < settings.bounds[0][middle] < settings.bounds[3][middle] < settings.bounds[1][middle]
     )
     assert settings.bounds[2] == (0.999,) * len(settings.levels)
+
+
+def test_recalibration_adds_a_new_sources_images_without_retraining(tiny_repository, tmp_path):
+    """After a drift alert: the new camera's images join the calibration; the graphs stay."""
+    import json
+    import shutil
+
+    from same_defense.data import load_dataset, split_dataset
+    from same_defense.data.shifts import apply_shift
+    from same_defense.export.build import main as build_main
+    from same_defense.serving.inprocess import InProcessSame
+
+    repo = tmp_path / "model_repository"
+    shutil.copytree(tiny_repository, repo)
+    before = InProcessSame(repo)
+    m = before.manifest
+    test = split_dataset(load_dataset(m["dataset"]), seed=m["seed"]).test
+    # a cheap sensor (what scores high on the tiny repository: its MAE is weak elsewhere)
+    camera = apply_shift("sensor-noise@0.5", test.images[:600])
+    np.save(tmp_path / "camera.npy", camera[:300])
+    graphs = {p.name: p.read_bytes() for p in repo.rglob("model.onnx")}
+    assert build_main(
+        ["--repository", str(repo), "--recalibrate"]
+        + ["--calibration-extra", str(tmp_path / "camera.npy")]
+    ) in (0, None)
+    after = InProcessSame(repo)
+    assert {p.name: p.read_bytes() for p in repo.rglob("model.onnx")} == graphs
+    manifest = json.loads((repo / "defense" / "1" / "same_calibration.json").read_text())
+    assert manifest["calibration_extra"][0]["images"] == 300
+    held_out = camera[300:]  # the new sensor's other images: no longer far in the tail
+    old_p = before.infer(held_out).pvalues
+    new_p = after.infer(held_out).pvalues
+    assert (new_p <= 0.05).mean() < (old_p <= 0.05).mean()

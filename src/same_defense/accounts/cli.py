@@ -1,6 +1,7 @@
 """``same-accounts``: the operator's command line for keys and account state.
 
     same-accounts add alice               # prints alice's new key (shown once)
+    same-accounts add bot-7 --group acme  # a key in a group: the account test pools its evidence
     same-accounts list                    # accounts in the key file
     same-accounts revoke alice            # the key stops working at once
     same-accounts suspected               # accounts under suspicion, with their statistics
@@ -77,7 +78,7 @@ def _row(name: str, state: dict, tier: str = "") -> str:
 
 
 def _add(args: argparse.Namespace, keys: KeyStore) -> None:
-    print(keys.add(args.account))
+    print(keys.add(args.account, group=args.group))
     print(f"key for {args.account!r} written (hashed) to {args.keys}", file=sys.stderr)
     _tell_gateway(args)
 
@@ -247,6 +248,11 @@ def _parser() -> argparse.ArgumentParser:
         _common_options(command, defaults=False)
         if name in ACCOUNT_COMMANDS:
             command.add_argument("account")
+    sub.choices["add"].add_argument(
+        "--group",
+        help="the customer record this key belongs to: the account test pools the evidence "
+        "of a group's accounts, so keys bought under one name add up",
+    )
     events = sub.choices["events"]
     events.add_argument("--since", help="ISO time, epoch seconds or an age (30m, 2h, 7d)")
     events.add_argument("--account", help="only this account's events")

@@ -235,6 +235,29 @@ def _load_cifar100(root: Path) -> ImageSet:
     return ImageSet(x, y, tuple(names), "cifar100")
 
 
+def load_unlabelled_images(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """Images without labels, conformed to ``shape`` (``[N, C, H, W]`` float32 in [0, 1]):
+    every image file under a folder (any layout), or a ``.npy`` of such an array."""
+    from PIL import Image
+
+    from .queries import conform
+
+    path = Path(path)
+    if path.suffix == ".npy":
+        array = np.load(path).astype(np.float32)
+        check_images(array, str(path))
+        return conform(array, shape)
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{path}: no image files found")
+    out = []
+    for file in files:
+        with Image.open(file) as img:
+            rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+        out.append(conform(rgb.transpose(2, 0, 1)[None], shape)[0])
+    return np.stack(out)
+
+
 def load_image_folder(
     root: Path, size: tuple[int, int] | None = None, grayscale: bool | None = None
 ) -> ImageSet:

@@ -107,6 +107,16 @@ def alert_rules(s: DeploySettings) -> list[dict]:
             "false-alarm wave)",
         ),
         _alert(
+            "SameTrafficDrift",
+            _q("max(same_gateway_drift_active) > 0"),
+            "0m",
+            "warning",
+            "Many unrelated established accounts alarmed together: the traffic has drifted "
+            "from the calibration data; their alarms are held (answered normally). Look at "
+            "the held accounts, then recalibrate with data from the new source or confirm "
+            "the thieves (docs/operations.md)",
+        ),
+        _alert(
             "SameStateStoreErrors",
             _q("sum(rate(same_gateway_state_errors_total[5m])) > 0"),
             "2m",

@@ -14,11 +14,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..cli_errors import CommandError, run_command, wants_debug
 from ..core.manifest import MANIFEST_NAME, load_verified_manifest
 from ..data import source_from_manifest
+from ..data.datasets import load_unlabelled_images
 from ..models import ReconstructorGraph
 from ..serving.inprocess import GraphRunner
 from . import build_args
@@ -239,9 +241,25 @@ def recalibrate(args: argparse.Namespace) -> dict:
     runner = GraphRunner(
         args.repository / ONNX_FILES["victim"], args.repository / ONNX_FILES["reconstructor"]
     )
+    calibration_images = splits.calibration.images
+    # Images added to an earlier calibration stay in it unless new ones are given.
+    extra_paths = args.calibration_extra or [
+        Path(e["path"]) for e in manifest.get("calibration_extra", [])
+    ]
+    if extra_paths:
+        shape = tuple(manifest["input_shape"])
+        try:
+            extra = [load_unlabelled_images(p, shape) for p in extra_paths]
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"--calibration-extra: {exc}") from None
+        calibration_images = np.concatenate([calibration_images, *extra])
+        manifest["calibration_extra"] = [
+            {"path": str(Path(p).resolve()), "images": len(x)}
+            for p, x in zip(extra_paths, extra, strict=True)
+        ]
     manifest |= calibrate(
         runner,
-        splits.calibration.images,
+        calibration_images,
         splits.test.images,
         args.alpha,
         args.target_fpr,

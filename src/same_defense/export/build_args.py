@@ -121,6 +121,16 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
         help="keep the repository's trained graphs; recompute threshold (for --alpha, "
         "--target-fpr) and account references from its data, and rewrite the manifest",
     )
+    p.add_argument(
+        "--calibration-extra",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="with --recalibrate: honest images from a new source (a folder of images, any "
+        "layout, or a .npy of NCHW floats in [0, 1]) added to the calibration, e.g. after "
+        "a drift alert; no labels needed (repeatable)",
+    )
     return p
 
 
@@ -133,6 +143,8 @@ def parse_args(argv: list[str] | None, description: str | None) -> argparse.Name
     problem = victim_arguments_problem(args)
     if args.check and args.recalibrate:
         problem = "--check dry-runs a build; --recalibrate rewrites a built one: choose one"
+    if args.calibration_extra and not args.recalibrate:
+        problem = "--calibration-extra adds images to a recalibration: add --recalibrate"
     if problem:
         p.error(problem)
     if not args.recalibrate:

@@ -35,6 +35,7 @@ DEFAULT_AUDIT_LOG = Path("logs/audit.jsonl")
 AUDIT_STREAM = "same:audit"
 STREAM_MAXLEN = 100_000  # events kept in the shared stream (approximate trim)
 EVENTS = (
+    "drift",  # many unrelated established accounts alarmed together: their alarms are held
     "suspected",
     "escalated",
     "confirmed",

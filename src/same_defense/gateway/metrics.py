@@ -35,9 +35,38 @@ class GatewayMetrics:
         self.state_errors = Counter(
             "same_gateway_state_errors", "Account-state store failures", registry=r
         )
+        self.drift_alerts = Counter(
+            "same_gateway_drift_alerts",
+            "Times the population monitor saw many unrelated established accounts alarm "
+            "together (the traffic drifted from the calibration data)",
+            registry=r,
+        )
+        self.drift_active = Gauge(
+            "same_gateway_drift_active",
+            "1 while a population drift is in force (new alarms are held for the operator)",
+            registry=r,
+        )
+        self.held_accounts = Gauge(
+            "same_gateway_held_accounts",
+            "Accounts whose alarm the last drift alert held (answered normally, listed)",
+            registry=r,
+        )
         self._seen: set[str] = set()
         self._lock = threading.Lock()
         self._server = None
+
+    def watch_population(self, accounts) -> None:
+        """Drift metrics from an :class:`~same_defense.accounts.AccountService`'s monitor."""
+        population = accounts.population
+        if population is None:
+            return
+        self.drift_active.set_function(lambda: 0.0 if population.drift_since is None else 1.0)
+
+        def drifted(held: list[str], now: float) -> None:
+            self.drift_alerts.inc()
+            self.held_accounts.set(len(held))
+
+        accounts.on_drift.append(drifted)
 
     def observe(self, account: str, samples: int, tier: bool | str) -> None:
         """Count one answered request by its account tier ("normal", "review", "suspected")."""

@@ -10,12 +10,14 @@ from pathlib import Path
 
 from ..accounts import AccountService, KeyStore, MemoryStore, RedisStore
 from ..accounts.keys import DEFAULT_KEY_FILE
+from ..accounts.population import PopulationMonitor
 from ..accounts.service import FAIL_MODES
 from ..core.accounts import account_settings_from_manifest
 from .accounting import Authenticator, Throttle
 from .admin import DEFAULT_ADMIN_LISTEN, DEFAULT_TOKEN_FILE
 from .audit import DEFAULT_AUDIT_LOG, AuditLog
 from .proxy import AdminOptions
+from .rules import AccountRules
 
 log = logging.getLogger("same.gateway")
 
@@ -33,6 +35,13 @@ class AccountOptions:
     audit_log: Path | None = None  # the audit trail's file (None: no audit trail)
     admin_listen: str | None = None  # the admin API's host:port (None: no admin API)
     admin_token_file: Path = field(default_factory=lambda: DEFAULT_TOKEN_FILE)
+    trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For is believed
+    tell_review: bool = False  # tell a reviewed client in a response parameter
+    link_accounts: bool = True  # pool evidence per network and key group
+    drift_monitor: bool = True  # hold the alarms of a drift of many established accounts
+
+    def rules(self) -> AccountRules:
+        return AccountRules(tuple(self.trusted_proxies), self.tell_review, self.link_accounts)
 
     def admin(self) -> AdminOptions | None:
         if self.admin_listen is None:
@@ -71,7 +80,10 @@ class AccountOptions:
         store = (
             RedisStore(self.redis_url) if self.redis_url else MemoryStore(settings.dedupe_window)
         )
-        return AccountService(settings, store, on_store_error=self.on_store_error)
+        population = PopulationMonitor() if self.drift_monitor else None
+        return AccountService(
+            settings, store, on_store_error=self.on_store_error, population=population
+        )
 
 
 def add_account_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,6 +108,30 @@ def add_account_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--no-account-defense", action="store_true", help="per-query SAME only (no account test)"
+    )
+    g.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="a load balancer whose X-Forwarded-For names the client (repeatable); from "
+        "any other peer the header is ignored",
+    )
+    g.add_argument(
+        "--tell-review",
+        action="store_true",
+        help="tell a client whose account is under review (response parameter "
+        "same_account_review); off by default: it also tells a thief when to switch keys",
+    )
+    g.add_argument(
+        "--no-link-accounts",
+        action="store_true",
+        help="do not pool evidence per network and key group",
+    )
+    g.add_argument(
+        "--no-drift-monitor",
+        action="store_true",
+        help="act on every alarm, even when many unrelated established accounts alarm together",
     )
     add_operator_arguments(p)
 
@@ -138,6 +174,10 @@ def options_from_args(args: argparse.Namespace) -> AccountOptions:
         audit_log=None if args.no_audit_log else args.audit_log,
         admin_listen=None if args.no_admin else args.admin_listen,
         admin_token_file=args.admin_token_file,
+        trusted_proxies=tuple(args.trusted_proxy),
+        tell_review=args.tell_review,
+        link_accounts=not args.no_link_accounts,
+        drift_monitor=not args.no_drift_monitor,
     )
 
 

@@ -26,6 +26,7 @@ from .metrics import GatewayMetrics
 from .rules import (
     MAX_MESSAGE_BYTES,
     SERVICE,
+    AccountRules,
     Caller,
     GatewayCore,
     GatewayError,
@@ -111,6 +112,7 @@ class GatewayServer:
         metrics_host: str = "127.0.0.1",
         admin: AdminOptions | None = None,
         audit: AuditLog | None = None,
+        rules: AccountRules | None = None,
     ) -> None:
         """``auth`` is required: a key store, or the explicit anonymous mode. ``accounts``
         enables the account-level defense (None: per-query SAME only). ``metrics_port``
@@ -133,12 +135,15 @@ class GatewayServer:
         self.metrics = GatewayMetrics()
         if accounts is not None:
             accounts.on_suspicion.append(lambda *_: self.metrics.suspicions.inc())
+            self.metrics.watch_population(accounts)
         self.audit = audit
         self._policy_name: str | None = None
         if audit is not None:
             self._wire_audit(audit, auth, accounts)
         self._channel = UpstreamChannels(upstream, options)
-        self.core = GatewayCore(self._channel, self.policy, auth, accounts, self.metrics, throttle)
+        self.core = GatewayCore(
+            self._channel, self.policy, auth, accounts, self.metrics, throttle, rules
+        )
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
         self._server.add_generic_rpc_handlers((_Handler(self.core),))
         self.port = self._server.add_insecure_port(listen)
@@ -181,6 +186,9 @@ class GatewayServer:
             accounts.store = watch
             accounts.on_suspicion.append(
                 lambda account, state: audit.suspected(account, state, tier=watch.tier(state))
+            )
+            accounts.on_drift.append(
+                lambda held, now: audit.event("drift", "*population*", held=sorted(held))
             )
         if auth.keys is not None:
             if audit.group_of is None:

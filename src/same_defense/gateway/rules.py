@@ -118,6 +118,19 @@ class GatewayPolicy:
         return None
 
 
+@dataclass(frozen=True)
+class AccountRules:
+    """How the gateway links callers and what it tells them (``same-gateway`` options)."""
+
+    # Peers whose X-Forwarded-For names the client (our own load balancer); from anyone
+    # else the header is ignored, since a client can write whatever it likes in it.
+    trusted_proxies: tuple[str, ...] = ()
+    # Tell a client whose account is reviewed or suspected (a response parameter): off by
+    # default, since it also tells a thief when to switch keys.
+    tell_review: bool = False
+    link_accounts: bool = True  # pool evidence per network and key group
+
+
 class GatewayCore:
     """Every rule of the gateway, for any front end: :meth:`call` takes a gRPC method name
     and its serialised request, and returns Triton's serialised answer or raises
@@ -131,19 +144,11 @@ class GatewayCore:
         accounts: AccountService | None,
         metrics: GatewayMetrics,
         throttle: Throttle | None = None,
-        tell_review: bool = False,
-        trusted_proxies: Sequence[str] = (),
-        link_accounts: bool = True,
+        rules: AccountRules | None = None,
     ) -> None:
         self.channel = channel
-        # Peers whose X-Forwarded-For names the client (our own load balancer); from anyone
-        # else the header is ignored, since a client can write whatever it likes in it.
-        self.trusted_proxies = tuple(trusted_proxies)
-        self.link_accounts = link_accounts
+        self.rules = rules or AccountRules()
         self.throttle = throttle
-        # Tell a client whose account is under review (response parameter): off by default,
-        # since it also tells a thief when to switch keys.
-        self.tell_review = tell_review
         self.policy = policy
         self.auth = auth
         self.accounts = accounts
@@ -214,7 +219,7 @@ class GatewayCore:
             )
             if evidence is not None and len(evidence) != prepared.samples:
                 evidence = None  # not this ensemble's answer: nothing to feed the test
-            if tier and self.tell_review:
+            if tier and self.rules.tell_review:
                 response = mark_review(response, tier)
             return response, evidence, prepared.hashes
 
@@ -233,12 +238,12 @@ class GatewayCore:
 
     def links(self, account: str, caller: Caller) -> tuple[str, ...]:
         """The caller's network and its key's group: the states its evidence also feeds."""
-        if not self.link_accounts:
+        if not self.rules.link_accounts:
             return ()
         forwarded = next((v for k, v in caller.metadata if k.lower() == FORWARDED_FOR), None)
         if isinstance(forwarded, bytes):
             forwarded = forwarded.decode(errors="replace")
-        address = client_address(caller.peer, forwarded, self.trusted_proxies)
+        address = client_address(caller.peer, forwarded, self.rules.trusted_proxies)
         keys = self.auth.keys
         return account_links(address, keys.group_of(account) if keys is not None else None)
 
