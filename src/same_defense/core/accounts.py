@@ -79,7 +79,7 @@ class AccountSettings:
     # Strong evidence (misinformation instead of review): statistic >= strong_factor * h and
     # a share of per-query flags >= strong_flag_share over the account's distinct queries.
     strong_factor: float = 2.0
-    strong_flag_share: float = 0.3
+    strong_flag_share: float = 0.25
     # How many distinct queries the flag share is counted over before it may count as strong.
     strong_min_queries: int = 50
     # A linked state's alarm (the caller's network or key group) applies to an account while
@@ -234,8 +234,9 @@ def combined_tier(
 ) -> str:
     """The tier an account is answered at: its own, raised by its links' where they apply."""
     tier = own.tier(now, settings)
-    # An account the operator cleared has been vouched for: its links no longer bind it.
-    if links and own.open_to_links(settings) and own.cleared == 0:
+    # An account the operator cleared has been vouched for, and one whose alarm a drift holds
+    # waits for the operator: its links (which saw the same queries) do not bind it.
+    if links and own.open_to_links(settings) and own.cleared == 0 and not own.held:
         for link in links:
             linked = link.tier(now, settings)
             if TIERS.index(linked) > TIERS.index(tier):

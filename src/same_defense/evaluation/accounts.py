@@ -82,6 +82,9 @@ class AccountEvalConfig:
     shifted_accounts: int = 10
     shifts: tuple[str, ...] = ()  # empty: every kind@strength of data.shifts
     heavy_queries: int = 10_000
+    # An earlier accounts.json whose thief runs (the 45-minute part) are taken as they are;
+    # the honest and shifted parts are measured again. Same repository and settings only.
+    reuse_thieves: str | None = None
     responses: tuple[str, ...] = ("graded", "review-only", "legacy")
     clone: CloneConfig = field(default_factory=lambda: CloneConfig(epochs=DEFAULT_EPOCHS))
     workers: int = 2
@@ -252,7 +255,7 @@ def describe(r: dict) -> str:
         + ")"
         if r["accounts"]
         else "undefended"
-    )
+    ) + ("" if r.get("response", "graded") == "graded" else f" [{r['response']}]")
     extra = (
         f" suspected {r['accounts_suspected']}/{r['accounts']} delay {r['detection_delay']} "
         f"misinformed {r['misinformed_share']:.2f}"
@@ -364,8 +367,12 @@ def evaluate(config: AccountEvalConfig) -> dict:
     }
     timings["shifted_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
+    earlier = json.loads(Path(config.reuse_thieves).read_text()) if config.reuse_thieves else None
+    now_settings = json.loads(json.dumps(service.settings.to_dict()))  # tuples as lists
+    if earlier is not None and earlier["settings"]["account_test"] != now_settings:
+        raise ValueError(f"{config.reuse_thieves}: its thieves met other account-test settings")
     records = sorted(
-        run_thieves(config),
+        earlier["thieves"] if earlier else run_thieves(config),
         key=lambda r: (
             r["attack"],
             r["output"],
@@ -377,7 +384,7 @@ def evaluate(config: AccountEvalConfig) -> dict:
         ),
     )
     timings["thieves_s"] = round(time.perf_counter() - t, 1)
-    floors = pool_only_clones(config)
+    floors = earlier["pool_only"] if earlier else pool_only_clones(config)
     summary = summarise(records, floors)
     report = {
         "schema_version": 2,
@@ -426,6 +433,12 @@ def parse_args(argv: list[str] | None) -> AccountEvalConfig:
     p.add_argument("--outputs", nargs="+", choices=OUTPUT_TYPES, default=OUTPUT_TYPES)
     p.add_argument("--epochs", type=int, help=f"clone epochs (default {DEFAULT_EPOCHS})")
     p.add_argument("--workers", type=int, help="processes, one thread each (default 2; quick 1)")
+    p.add_argument(
+        "--reuse-thieves",
+        metavar="JSON",
+        help="take the thief runs of an earlier accounts.json (same repository and test "
+        "settings) and measure the honest and shifted users again",
+    )
     a = p.parse_args(argv)
     q = a.quick
     seeds = tuple(a.seeds or ((0,) if q else (0, 1, 2)))
@@ -447,6 +460,7 @@ def parse_args(argv: list[str] | None) -> AccountEvalConfig:
         heavy_queries=1000 if q else 10_000,
         workers=a.workers or (1 if q else 2),
         quick=q,
+        reuse_thieves=a.reuse_thieves,
         clone=CloneConfig(
             epochs=a.epochs or DEFAULT_EPOCHS, min_steps=20 if q else 0, seed=seeds[0]
         ),

@@ -130,7 +130,9 @@ def _thief_goals(s: dict) -> list[dict]:
                     "met": worst <= GOAL_CLONE,
                 }
             )
-    if s["curves"].get("unrelated"):
+    # The cost to steal means something where accounts were swept and the undefended clone
+    # is worth stealing (a clone at chance is "within 10 points" of anything).
+    if s["max_accounts"] > 1 and (s["undefended"] or 0) > GOAL_CLONE:
         cost = s["cost_to_steal"]
         rows.append(
             {
@@ -292,7 +294,7 @@ def _shifted_lines(shifted: dict) -> list[str]:
                 name,
                 cell(v["victim_accuracy"]),
                 f"{e['suspected']} / {e['accounts']}",
-                e["held"],
+                f"{e['held']} ({e.get('reviewed_before_hold', 0)})",
                 e["drift_alerts"],
                 cell(e["received_accuracy"]),
                 f"{n['review']} + {n['strong']} / {n['accounts']}",
@@ -300,7 +302,8 @@ def _shifted_lines(shifted: dict) -> list[str]:
             ]
         )
     return table(
-        "shift|victim accuracy|established: suspected|held|drift alerts|established: served "
+        "shift|victim accuracy|established: suspected|held (of which reviewed first)|drift "
+        "alerts|established: served "
         "accuracy|new: review + strong|new: served accuracy".split("|"),
         rows,
     )

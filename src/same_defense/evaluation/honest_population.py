@@ -140,21 +140,30 @@ def clopper_pearson_upper(successes: int, trials: int, confidence: float = 0.95)
 
 
 class Tally:
-    """Per kind: accounts, how many reached each tier, queries, and what was served."""
+    """Per kind: accounts, the tiers they were answered at, queries, and what was served.
+
+    An account counts as *suspected* when it was answered at the review or suspected tier
+    and is not held at the end (a drift's hold lifts the suspicion for the operator to
+    decide); ``strong`` when it was answered with the policy; ``reviewed_before_hold`` when
+    it was answered at a tier for a while and then held.
+    """
 
     def __init__(self) -> None:
-        self.accounts = self.review = self.strong = self.held = 0
+        self.accounts = self.review = self.strong = self.held = self.before_hold = 0
         self.n = self.victim_ok = self.served_ok = 0
         self.first_n = self.first_victim_ok = self.first_served_ok = 0
         self.peaks: list[float] = []
         self.delays: list[int] = []
 
-    def add_account(self, service: AccountService, name: str) -> None:
+    def add_account(self, service: AccountService, name: str, worst_tier: str) -> None:
         state = service.store.get(name)
+        answered = TIERS.index(worst_tier)
         self.accounts += 1
-        self.review += state.suspected_at_query > 0 and not state.held
         self.held += state.held
-        self.strong += state.strong_at_query > 0 or state.confirmed
+        self.before_hold += state.held and answered > 0
+        if not state.held:
+            self.review += answered == 1
+            self.strong += answered == 2
         self.peaks.append(state.peak_cusum)
         if state.suspected_at_query:
             self.delays.append(state.suspected_at_query)
@@ -181,6 +190,7 @@ class Tally:
             "review": self.review,
             "strong": self.strong,
             "held": self.held,
+            "reviewed_before_hold": self.before_hold,
             "suspected_share": suspected / a,
             "suspected_cp_upper95": clopper_pearson_upper(suspected, self.accounts),
             "queries": self.n,
@@ -204,17 +214,14 @@ def serve_account(
     links: tuple[str, ...] = (),
 ) -> None:
     """One honest account's requests through the account layer (the gateway's path)."""
-    sent = 0
+    sent, worst = 0, ""
     for idx in requests:
-        _, tier = service.serve(
-            name,
-            lambda t, idx=idx: (None, answered.evidence[idx], list(answered.hashes[idx])),
-            links,
-        )
+        _, tier = service.serve(name, _replay(answered, idx), links)
+        worst = max(worst, tier, key=TIERS.index)
         got = answered.served[tier][idx] == answered.labels[idx]
         tally.add_answers(answered.victim_ok[idx], got, sent)
         sent += len(idx)
-    tally.add_account(service, name)
+    tally.add_account(service, name, worst)
 
 
 def network(j: int, kind: str) -> tuple[str, ...]:
@@ -295,14 +302,16 @@ def run_shifted(
                 )
                 for j in range(accounts_per_kind)
             ]
+            worst = [""] * accounts_per_kind
             for start in range(0, SHIFTED_QUERIES, SHIFTED_REQUEST):
                 for j, plan in enumerate(plans):
                     idx = plan[start : start + SHIFTED_REQUEST]
                     _, tier = service.serve(names[j], _replay(answered, idx), links[j])
+                    worst[j] = max(worst[j], tier, key=TIERS.index)
                     got = answered.served[tier][idx] == answered.labels[idx]
                     tally.add_answers(answered.victim_ok[idx], got, start)
-            for n in names:
-                tally.add_account(service, n)
+            for n, w in zip(names, worst, strict=True):
+                tally.add_account(service, n, w)
             drifts = service.population.drifts if service.population is not None else 0
             row[mode] = {**tally.row(), "drift_alerts": drifts}
         out[name] = row

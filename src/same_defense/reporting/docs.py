@@ -65,13 +65,23 @@ def _evaluation_rows(ev: dict) -> list[list]:
 
 
 def _accounts_rows(acc: dict) -> list[list]:
+    if "summary" not in acc:  # a report written before the thieves adapted (schema 1)
+        return []
     rows = [
         [
-            f"clone accuracy, one account, {r['attack']}",
-            f"{cell(r['undefended_accuracy_mean'])} -> {cell(r['clone_accuracy_mean'])}",
+            f"clone accuracy, one account, 1 image/request, {r['attack']} ({r['output']})",
+            f"{cell(r['undefended'])} -> {cell(r['one_account_mean'])}",
         ]
-        for r in acc["one_account"]
-        if r["output"] == "probs"
+        for r in acc["summary"]["thieves"]
+        if r["output"] == "probs" and r["one_account_mean"] is not None
+    ]
+    rows += [
+        [
+            f"cost to steal (unrelated accounts), {r['attack']} ({r['output']})",
+            cell(r["cost_to_steal"]) if r["cost_to_steal"] else f"> {r['max_accounts']}",
+        ]
+        for r in acc["summary"]["thieves"]
+        if r["output"] == "probs" and r["max_accounts"] > 1  # swept over accounts
     ]
     honest = acc["honest"]["overall"]
     return rows + [["honest accounts suspected", f"{honest['suspected']} / {honest['accounts']}"]]
@@ -130,10 +140,17 @@ def headline(reports: dict[str, dict]) -> list[str]:
 
 def _demo_section(demo: dict) -> list[str]:
     rows = [
-        [k, v["queries"], v["suspected"], v["suspected_after_queries"]]
+        [
+            k,
+            v["queries"],
+            v["suspected"],
+            v["suspected_after_queries"],
+            v.get("strong_after_queries"),
+            v.get("tier", "-"),
+        ]
         for k, v in demo["accounts"].items()
     ]
-    return table(["account", "queries", "suspected", "after queries"], rows)
+    return table(["account", "queries", "suspected", "after queries", "strong after", "tier"], rows)
 
 
 def _evaluation_section(ev: dict) -> list[str]:
