@@ -125,11 +125,19 @@ class AccountService:
     ) -> AccountState | None:
         """Feed one request into the account's test and its links'; the account's new state
         (None if failing open)."""
+        recorded = self._record(account, evidence, hashes, links)
+        return None if recorded is None else recorded[0]
+
+    def _record(
+        self, account: str, evidence: np.ndarray, hashes: list[str], links: tuple[str, ...]
+    ) -> tuple[AccountState, list[AccountState]] | None:
+        """:meth:`record`, also returning the links' new states (no second read for the tier)."""
         now = self.clock()
         try:
             before, state = self._update(account, evidence, hashes, now)
-            for link in links:
-                self._update(link_state_name(link), evidence, hashes, now)
+            linked = [
+                self._update(link_state_name(link), evidence, hashes, now)[1] for link in links
+            ]
         except StoreUnavailable as exc:
             self._unavailable(exc)
             return None
@@ -149,7 +157,7 @@ class AccountService:
                 state.flagged,
                 state.distinct,
             )
-        return state
+        return state, linked
 
     def _on_alarm(
         self, account: str, state: AccountState, links: tuple[str, ...], now: float
@@ -222,9 +230,10 @@ class AccountService:
         reply, evidence, hashes = answer(tier)
         if evidence is None:
             return reply, tier
-        if self.record(account, evidence, hashes, links) is None:
+        recorded = self._record(account, evidence, hashes, links)
+        if recorded is None:
             return reply, tier
-        now_tier = self.tier(account, links)
+        now_tier = combined_tier(*recorded, self.clock(), self.settings)
         if TIERS.index(now_tier) > TIERS.index(tier):
             reply, _, _ = answer(now_tier)
             return reply, now_tier

@@ -57,17 +57,13 @@ SUSPECTED = "suspected"
 TIERS = ("", REVIEW, SUSPECTED)
 
 
-def _odds(p: float) -> float:
-    return p / (1.0 - p)
-
-
 @dataclass(frozen=True)
 class AccountSettings:
     """The sequential test's parameters (defaults: what a build without references gets)."""
 
     levels: tuple[float, ...] = (0.05, 0.2, 0.5)
     # bounds[c][j]: upper bound of class c's honest rate of p <= levels[j] (from calibration);
-    # empty: ``p0_default`` scaled per level for every class (no per-class calibration).
+    # empty or a class beyond them: twice each level, capped (class_bounds).
     bounds: tuple[tuple[float, ...], ...] = ()
     # Alternatives per level as lifts: q = u + lift * (1 - u).
     lifts: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)
@@ -119,8 +115,9 @@ class AccountSettings:
         """Class ``c``'s honest rate bounds per level (a conservative default if unknown)."""
         if 0 <= c < len(self.bounds):
             return self.bounds[c]
-        # Without calibration a class is bounded at twice the nominal rate (capped): weak,
-        # but never tighter than the evidence allows.
+        # Without calibration scores for the class: twice the nominal rate (capped), a guess
+        # rather than a bound (the build always writes bounds; this serves hand-made settings
+        # and evidence of unknown class).
         return tuple(min(0.95, 2.0 * t) for t in self.levels)
 
     @cached_property

@@ -166,7 +166,15 @@ class GatewayServer:
         if admin is not None:
             self._check_admin_address(admin.listen, http_listen)
             api = AdminApi(accounts, auth.keys, audit)
-            self.admin = AdminServer(admin.listen, admin.token_file, api)
+            try:
+                self.admin = AdminServer(admin.listen, admin.token_file, api)
+            except OSError as exc:
+                self._channel.close()
+                raise OSError(
+                    f"admin API cannot listen on {admin.listen} ({exc.strerror or exc}): "
+                    "another gateway on this host has it; give this one --admin-listen "
+                    "HOST:PORT or --no-admin"
+                ) from exc
 
     def _check_admin_address(self, listen: str, http_listen: str | None) -> None:
         """The admin API never shares a port with the public front ends."""

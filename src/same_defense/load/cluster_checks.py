@@ -52,9 +52,10 @@ def cross_path(
 ) -> dict:
     """A thief suspected through gateway 0 is answered with the policy through gateway 1.
 
-    The thief sends ``attack`` batches to gateway 0 only, until Redis holds it as suspected.
-    Then the thief and an honest account send the same ``benign`` images to gateway 1: under
-    the misinformation policy every label the thief gets differs from the honest one.
+    The thief sends ``attack`` batches to gateway 0 only, until Redis holds strong evidence
+    against it (the graded response: reviewed first, the policy from about its 50th distinct
+    query). Then the thief and an honest account send the same ``benign`` images to gateway
+    1: under the misinformation policy every label the thief gets differs from the honest one.
     """
     first, second = cluster.replicas[0], cluster.replicas[1]
     store = RedisStore(cluster.redis.url)
@@ -62,7 +63,7 @@ def cross_path(
     for i in range(max_batches):
         classify(first.url, thief_key, attack[i * batch % len(attack) :][:batch])
         sent += 1
-        if store.get(thief).suspected_at_query > 0:  # 0: not suspected
+        if store.get(thief).strong_at_query > 0:  # 0: not (yet) answered with the policy
             break
     state = store.get(thief)
     suspected_before = _suspected_queries(second.metrics_url)

@@ -33,6 +33,9 @@ class GatewayProcess:
         # The benchmark speaks gRPC: no public HTTP port (the default 0.0.0.0:8000 would
         # collide with a second gateway or anything else on the machine).
         self.command += ["--manifest", str(manifest), "--no-http"]
+        # Nor the operator's admin API and audit trail: their default loopback port and file
+        # are one per host, and a harness may run several gateways at once.
+        self.command += ["--no-admin", "--no-audit-log"]
         if not account_defense:
             self.command.append("--no-account-defense")
         self.log_file = log_file

@@ -69,6 +69,9 @@ class GatewayReplica:
             "--listen",
             self.url,
             "--no-http",
+            # one admin port and audit file per host by default: several replicas share it
+            "--no-admin",
+            "--no-audit-log",
             "--upstream",
             self.upstream,
             "--upstream-key",
