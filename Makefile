@@ -83,8 +83,9 @@ gpu-check: $(STAMP)
 # Attacks x defenses, account-level and shadow-recipe evaluations: reports/evaluation.* etc.
 # Every extraction attack (4,000 queries each) against every defense, probabilities and labels
 # only; reports/evaluation.{json,md} + plots; 17-20 min on 2 shared cores. Then the
-# account-level defense (one thief account, 10/40/100 Sybil accounts, 1,000 honest accounts):
-# reports/accounts.{json,md} + plot; and the shadow recipes' per-query AUROC:
+# account-level defense against adaptive thieves (one image per request, 1 to 400 accounts,
+# linked or not, dilution) and its cost to 10,000 honest and shifted customers, about 50 min:
+# reports/accounts.{json,md} + plots; and the shadow recipes' per-query AUROC:
 # reports/recipes.json. EVALUATE_ARGS="--quick" / ACCOUNTS_ARGS="--quick" for smoke runs.
 evaluate: $(STAMP)
 	$(PY) -m same_defense.evaluation.run $(EVALUATE_ARGS)

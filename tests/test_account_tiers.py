@@ -203,3 +203,18 @@ def test_the_gateway_links_a_call_by_network_and_key_group(tmp_path):
         AccountRules(link_accounts=False),
     )
     assert off.links("bot-1", via_proxy) == ()
+
+
+def test_monitor_answers_truthfully_at_every_tier():
+    from same_defense.core import DefenseSettings, defend
+
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(6, 4))
+    err = np.array([0.0, 0.0, 0.0, 9.0, 9.0, 9.0])  # the last three flagged
+    settings = DefenseSettings(threshold=1.0, policy="monitor")
+    truth = defend(logits, err, logits, settings).true_probs
+    for tier in ("", REVIEW, SUSPECTED):
+        np.testing.assert_allclose(defend(logits, err, logits, settings, tier).probs, truth)
+    graded = defend(logits, err, logits, DefenseSettings(threshold=1.0))
+    assert (graded.probs[3:].max(axis=1) == 1.0).all()  # flagged: top-1 only
+    np.testing.assert_array_equal(graded.labels, truth.argmax(axis=1))  # labels kept

@@ -110,10 +110,11 @@ def defend(
     scores = same_score(recon_error, victim_logits, shadow_logits, settings.alpha)
     true_probs = softmax(victim_logits)
     policy = settings.policy
-    if tier == REVIEW:
-        policy = "top1"
-    elif not tier and settings.params.first_response != "policy":
-        policy = settings.params.first_response
+    if policy != "monitor":  # monitor answers truthfully at every tier: it only counts
+        if tier == REVIEW:
+            policy = "top1"
+        elif not tier and settings.params.first_response != "policy":
+            policy = settings.params.first_response
     probs, labels = apply_policy(
         policy,
         true_probs,
