@@ -86,3 +86,8 @@ def account_links(address: str | None, group: str | None) -> tuple[str, ...]:
 def link_state_name(link: str) -> str:
     """The store name under which a link's state is kept (never a valid account name)."""
     return f"{LINK_PREFIX}{link}"
+
+
+def is_link_state(name: str) -> bool:
+    """Whether a store name is a link's state rather than an account's."""
+    return name.startswith(LINK_PREFIX)

@@ -30,7 +30,7 @@ from ..core.accounts import (
     confirm_suspicion,
     update_state,
 )
-from .links import link_state_name
+from .links import is_link_state, link_state_name
 from .population import PopulationMonitor
 from .store import AccountStore, MemoryStore, StoreUnavailable
 
@@ -256,5 +256,5 @@ class AccountService:
         return [
             (a, s)
             for a, s in self.store.accounts()
-            if not a.startswith("~") and s.is_suspected(now, self.settings)
+            if not is_link_state(a) and s.is_suspected(now, self.settings)
         ]

@@ -41,8 +41,6 @@ LINKED_COUNTS = (10, 50, 400)  # one network / one group: fewer points, the clai
 DILUTIONS = ((200, 1), (200, 2), (200, 4), (50, 2))  # (pool P, copies R per foreign query)
 QUICK_SHIFTS = ("blur@1", "brighter@0.1", "thicker-pen@2")
 DEFAULT_EPOCHS = 2  # as before: 3 epochs cost 1.6x the time for a stronger thief (docs)
-CLOSE_POINTS = 10  # "a clone within 10 points of the undefended one" (cost to steal)
-GOAL_CLONE = 0.30
 log = logging.getLogger("same.evaluation.accounts")
 
 
