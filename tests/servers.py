@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from same_defense.gateway.deployment import ProtectedService
 from same_defense.gateway.options import AccountOptions
+from same_defense.serving.deployment import ProtectedService
 from same_defense.serving.embedded import EmbeddedTriton, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

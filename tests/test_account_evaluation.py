@@ -19,7 +19,7 @@ from same_defense.evaluation.honest_population import (
     honest_requests,
     run_behaviours,
 )
-from same_defense.serving.inprocess import InProcessSame
+from same_defense.runtime.inprocess import InProcessSame
 
 
 @pytest.fixture(scope="module")

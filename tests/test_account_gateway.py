@@ -17,12 +17,14 @@ from tritonclient.utils import InferenceServerException
 from same_defense.accounts import KeyStore
 from same_defense.accounts.local_redis import LocalRedis
 from same_defense.client import SameClient, SameClientError
-from same_defense.core.accounts import ACCOUNT_OUTPUT, ACCOUNT_OUTPUT_WIDTH, ACCOUNT_PARAMETER
+from same_defense.core.accounts import ACCOUNT_OUTPUT_WIDTH
+from same_defense.core.layout import ACCOUNT_OUTPUT, ACCOUNT_PARAMETER
+from same_defense.core.manifest import read_manifest
 from same_defense.data import load_dataset, make_query_set, split_dataset
-from same_defense.gateway.options import AccountOptions, read_manifest_file
+from same_defense.gateway.options import AccountOptions
 from same_defense.gateway.proxy import GatewayPolicy, GatewayServer
+from same_defense.runtime.inprocess import InProcessSame
 from same_defense.serving.embedded import free_port
-from same_defense.serving.inprocess import InProcessSame
 
 from .servers import protected_service
 
@@ -42,7 +44,7 @@ class Deployment:
             shared,
             gateway_metrics_port=0,
         ).start(timeout=120)
-        manifest = read_manifest_file(repository / "defense" / "1" / "same_calibration.json")
+        manifest = read_manifest(repository)
         (header,) = self.service.triton.grpc_headers.items()
         self.extra = {}
         for name, options in {

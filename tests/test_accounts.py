@@ -18,13 +18,12 @@ from same_defense.accounts import (
 from same_defense.accounts.local_redis import LocalRedis
 from same_defense.core import ManifestError, PolicyParams, apply_policy, settings_from_manifest
 from same_defense.core.accounts import (
-    ACCOUNT_OUTPUT,
-    ACCOUNT_PARAMETER,
     AccountSettings,
     AccountState,
     score_pvalues,
     update_state,
 )
+from same_defense.core.layout import ACCOUNT_OUTPUT, ACCOUNT_PARAMETER
 from same_defense.export.calibration import account_settings_for
 from same_defense.gateway.accounting import (
     Authenticator,

@@ -27,7 +27,7 @@ from same_defense.attacks import (
 from same_defense.attacks.base import extend_pool, shift_images
 from same_defense.core import Decision, softmax
 from same_defense.data import load_dataset, make_query_set, split_dataset
-from same_defense.serving.inprocess import InProcessSame
+from same_defense.runtime.inprocess import InProcessSame
 
 SHAPE = (1, 28, 28)
 

@@ -15,6 +15,7 @@ import torch
 from same_defense.accounts.cli import main as accounts_main
 from same_defense.cli_errors import MAX_MESSAGE_CHARS, CommandError, run_command, short_message
 from same_defense.client.cli import main as client_main
+from same_defense.core.manifest import manifest_path
 from same_defense.deploy.cli import main as deploy_main
 from same_defense.export.build import main as build_main
 from same_defense.export.build import parse_args, refuse_overwrite
@@ -156,7 +157,7 @@ def test_refuse_overwrite_unless_force(tmp_path):
     (repository / "same").mkdir(parents=True)
     (repository / "same" / "config.pbtxt").write_text("")  # configs alone: a fresh checkout
     refuse_overwrite(parse_args(["--repository", str(repository)]))
-    manifest = repository / "defense" / "1" / "same_calibration.json"
+    manifest = Path(manifest_path(repository))
     manifest.parent.mkdir(parents=True)
     manifest.write_text("{}")
     with pytest.raises(CommandError, match="--force"):

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from same_defense.core.manifest import read_manifest
 from same_defense.export.calibration import false_positive_rate, threshold_at_fpr
 
 
@@ -36,13 +37,12 @@ def test_small_classes_get_loose_bounds_and_empty_ones_are_left_out():
 
 def test_recalibration_adds_a_new_sources_images_without_retraining(tiny_repository, tmp_path):
     """After a drift alert: the new camera's images join the calibration; the graphs stay."""
-    import json
     import shutil
 
     from same_defense.data import load_dataset, split_dataset
     from same_defense.data.shifts import apply_shift
     from same_defense.export.build import main as build_main
-    from same_defense.serving.inprocess import InProcessSame
+    from same_defense.runtime.inprocess import InProcessSame
 
     repo = tmp_path / "model_repository"
     shutil.copytree(tiny_repository, repo)
@@ -59,7 +59,7 @@ def test_recalibration_adds_a_new_sources_images_without_retraining(tiny_reposit
     ) in (0, None)
     after = InProcessSame(repo)
     assert {p.name: p.read_bytes() for p in repo.rglob("model.onnx")} == graphs
-    manifest = json.loads((repo / "defense" / "1" / "same_calibration.json").read_text())
+    manifest = read_manifest(repo)
     assert manifest["calibration_extra"][0]["images"] == 300
     held_out = camera[300:]  # the new sensor's other images: no longer far in the tail
     old_p = before.infer(held_out).pvalues

@@ -17,6 +17,7 @@ from same_defense.accounts import KeyStore
 from same_defense.client.api import SameClientError
 from same_defense.client.cli import example_request, load_inputs
 from same_defense.client.cli import main as client_main
+from same_defense.core.manifest import manifest_path
 from same_defense.gateway.options import AccountOptions
 
 from .provided_victim import build_provided_victim_repository
@@ -82,7 +83,7 @@ def test_classify_refusal_is_one_line_and_exits_non_zero(tmp_path, capsys, monke
 
 
 def test_example_request_offline_follows_the_manifest(tmp_path, capsys):
-    manifest = tmp_path / "repo" / "defense" / "1" / "same_calibration.json"
+    manifest = Path(manifest_path(tmp_path / "repo"))
     manifest.parent.mkdir(parents=True)
     manifest.write_text(json.dumps({"input_shape": list(SHAPE)}))
     assert client_main(["example-request", "--repository", str(tmp_path / "repo")]) == 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from same_defense.accounts import KeyStore, RedisStore
-from same_defense.export.repository import read_manifest
+from same_defense.core.manifest import read_manifest
 from same_defense.load.cluster_checks import classify, cross_path, outage_holds, redis_outage
 from same_defense.load.common import benign_images
 from same_defense.load.replicas import Cluster

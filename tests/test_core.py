@@ -180,3 +180,24 @@ def test_defend_requests_checks_each_request_and_answers_the_rest_like_defend():
         np.testing.assert_array_equal(got.labels, alone.labels)
         np.testing.assert_array_equal(got.pvalues, alone.pvalues)
     assert (results[2].labels != results[2].true_probs.argmax(axis=1)).all()  # forced
+
+
+def test_fixed_requests_are_answered_as_before():
+    """The same requests get the same answers as the recorded ones (tests/fixed_answers.py):
+    a refactor must not change what a client receives, for any policy or tier."""
+    import json
+
+    from .fixed_answers import ANSWERS, answers
+
+    recorded = json.loads(ANSWERS.read_text())
+    today = answers()
+    assert today.keys() == recorded.keys()
+    for key, requests in recorded.items():
+        for was, now in zip(requests, today[key], strict=True):
+            assert was.keys() == now.keys(), key
+            if "invalid" in was:
+                assert now["invalid"] == was["invalid"], key
+                continue
+            assert now["labels"] == was["labels"] and now["flagged"] == was["flagged"], key
+            np.testing.assert_allclose(now["probs"], was["probs"], atol=1e-6, err_msg=key)
+            np.testing.assert_allclose(now["evidence"], was["evidence"], atol=1e-6, err_msg=key)

@@ -128,8 +128,8 @@ def test_cifar100_transfer_set_needs_its_files(tmp_path):
 
 
 def test_mae_patch_fits_the_image_size():
-    from same_defense.models import MAE_PRESETS, fit_to_shape
+    from same_defense.models import PRESETS, fit_to_shape
 
-    assert fit_to_shape(MAE_PRESETS["tiny"], (1, 28, 28)).patch == 7
-    assert fit_to_shape(MAE_PRESETS["tiny"], (3, 32, 32)).patch == 8
-    assert fit_to_shape(MAE_PRESETS["cpu"], (3, 32, 32)) is MAE_PRESETS["cpu"]
+    assert fit_to_shape(PRESETS["tiny"].mae, (1, 28, 28)).patch == 7
+    assert fit_to_shape(PRESETS["tiny"].mae, (3, 32, 32)).patch == 8
+    assert fit_to_shape(PRESETS["cpu"].mae, (3, 32, 32)) is PRESETS["cpu"].mae

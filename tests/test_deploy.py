@@ -10,11 +10,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from same_defense.core.manifest import manifest_path
 from same_defense.deploy import DeploySettings, render
 from same_defense.deploy.cli import main as deploy_main
 from same_defense.deploy.cli import render_files
 from same_defense.deploy.render import gateway_args, triton_args
-from same_defense.export.repository import ServingSettings, render_configs
+from same_defense.export.model_configs import ServingSettings, render_configs
 from same_defense.serving.embedded import RESTRICTED_CATEGORIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,6 +193,10 @@ def test_gateway_arguments_are_accepted_by_the_real_cli(monkeypatch, tmp_path):
 
     monkeypatch.setattr(cli, "GatewayServer", Refuse)
     args = [a.replace("$(SAME_GATEWAY_KEY)", "k3y") for a in gateway_args(DeploySettings())]
+    # The pod's init container copies the manifest to --manifest; a missing one is refused.
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text("{}")
+    args[args.index("--manifest") + 1] = str(manifest)
     assert cli.main(args) == 1  # argparse errors would exit 2 before this
     assert seen["upstream"] == "dns:///same-triton-pods.same.svc:8001"  # every pod, per call
     assert seen["header"] == ("triton-grpc-protocol-same-gateway-key", "k3y")
@@ -212,9 +217,10 @@ def test_external_redis_renders_no_statefulset():
 
 def test_repository_option_takes_shapes_from_the_manifest(tmp_path):
     repo = tmp_path / "repo"
-    (repo / "defense" / "1").mkdir(parents=True)
+    manifest = Path(manifest_path(repo))
+    manifest.parent.mkdir(parents=True)
     names = [f"c{i}" for i in range(5)]
-    (repo / "defense" / "1" / "same_calibration.json").write_text(
+    manifest.write_text(
         '{"input_shape": [3, 32, 32], "class_names": ' + str(names).replace("'", '"') + "}"
     )
     out = tmp_path / "k8s"

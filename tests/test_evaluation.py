@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from same_defense.core import DefenseSettings, apply_policy, defend, softmax
+from same_defense.core import DefenseSettings, GraphArrays, apply_policy, defend, softmax
 from same_defense.evaluation import (
     CachedGraphs,
     DefendedPipeline,
@@ -25,7 +25,7 @@ from same_defense.evaluation import (
     running_mean,
 )
 from same_defense.evaluation.defenses import ClientState, calibrate_max_softmax_tau
-from same_defense.serving.inprocess import GraphOutputs, InProcessSame
+from same_defense.runtime.inprocess import InProcessSame
 
 # ----------------------------------------------------------------------------------- metrics
 
@@ -116,11 +116,11 @@ def test_prada_keeps_state_per_client():
 # ---------------------------------------------------------------------------------- defenses
 
 
-def _outputs(n: int = 40, classes: int = 3, seed: int = 0) -> GraphOutputs:
+def _outputs(n: int = 40, classes: int = 3, seed: int = 0) -> GraphArrays:
     rng = np.random.default_rng(seed)
     logits = rng.normal(scale=3.0, size=(n, classes))
     error = rng.random((n, 1)) * 2.0  # alpha 1: score = error, threshold 1 -> about half flagged
-    return GraphOutputs(logits, error, logits, np.tile([[0, 0.0, 1.0]], (n, 1)))
+    return GraphArrays(logits, error, logits, np.tile([[0, 0.0, 1.0]], (n, 1)))
 
 
 SETTINGS = DefenseSettings(threshold=1.0, alpha=1.0, policy="monitor")
@@ -183,10 +183,10 @@ class _CountingRunner:
     def __init__(self) -> None:
         self.seen = 0
 
-    def run(self, images: np.ndarray) -> GraphOutputs:
+    def run(self, images: np.ndarray) -> GraphArrays:
         self.seen += len(images)
         m = images.reshape(len(images), -1).mean(axis=1, keepdims=True)
-        return GraphOutputs(np.hstack([m, -m]), m, np.hstack([m, m]), np.zeros((len(m), 3)))
+        return GraphArrays(np.hstack([m, -m]), m, np.hstack([m, m]), np.zeros((len(m), 3)))
 
 
 def test_cached_graphs_run_each_image_once_and_keep_order():
@@ -204,12 +204,9 @@ def test_cached_graphs_run_each_image_once_and_keep_order():
 def test_defended_pipeline_matches_the_served_code(tiny_repository):
     from same_defense.core.manifest import load_verified_manifest, settings_from_manifest
     from same_defense.data import make_query_set
-    from same_defense.export.repository import MANIFEST_NAME
 
     served = InProcessSame(tiny_repository, policy="misinformation")
-    manifest = load_verified_manifest(
-        str(tiny_repository), str(tiny_repository / "defense" / "1" / MANIFEST_NAME)
-    )
+    manifest = load_verified_manifest(tiny_repository)
     x = np.concatenate(
         [
             make_query_set("digits8x8", 32, (1, 28, 28), 0),

@@ -25,16 +25,17 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from same_defense.accounts import KeyStore
-from same_defense.core.accounts import ACCOUNT_OUTPUT
+from same_defense.core.layout import ACCOUNT_OUTPUT
+from same_defense.core.manifest import read_manifest
 from same_defense.data import make_query_set
 from same_defense.gateway.accounting import Authenticator, Throttle
-from same_defense.gateway.deployment import ProtectedService
-from same_defense.gateway.options import AccountOptions, read_manifest_file
+from same_defense.gateway.options import AccountOptions
 from same_defense.gateway.proxy import MAX_MESSAGE_BYTES, GatewayPolicy, GatewayServer
 from same_defense.gateway.rest_codec import OutputPlan, infer_request, infer_response
 from same_defense.gateway.rest_errors import RestError
 from same_defense.gateway.rest_routes import route
 from same_defense.gateway.rest_tensors import HEADER_LENGTH
+from same_defense.serving.deployment import ProtectedService
 from same_defense.serving.embedded import free_port
 
 from .servers import PROJECT_ROOT, protected_service
@@ -54,7 +55,7 @@ class Deployment:
             AccountOptions(keys_file=self.keys.path),
             gateway_metrics_port=0,
         ).start(timeout=120)
-        self.manifest = read_manifest_file(repository / "defense" / "1" / "same_calibration.json")
+        self.manifest = read_manifest(repository)
 
     @property
     def http(self) -> str:

@@ -4,6 +4,7 @@ as rendered, well-formed (promtool where installed), every alert explained in th
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from same_defense.core import layout
 from same_defense.deploy import DeploySettings
 from same_defense.deploy.observability import (
     DASHBOARD_FILE,
@@ -40,8 +42,13 @@ def _code_metric_names() -> set[str]:
         for sample in family.samples:  # a labelled family without samples shows none
             exported.add(sample.name)
         exported.add(family.name + ("_total" if family.type == "counter" else ""))
+    # The defense step names its metrics by the repository contract's constants: registered
+    # as they are (counters) or with a suffix (f"{SCORE_METRIC}_bucket").
     step = (ROOT / "src/same_defense/serving/triton_step/model.py").read_text()
-    exported |= {n for n in metric_names_in(step) if f'"{n}"' in step}
+    for constant in set(re.findall(r"\b([A-Z]+(?:_[A-Z]+)*_METRIC)\b", step)):
+        name = getattr(layout, constant)
+        suffixes = re.findall(r"\{" + constant + r"\}_(\w+)\"", step)
+        exported |= {f"{name}_{suffix}" for suffix in suffixes} if suffixes else {name}
     return exported | set(TRITON_METRICS)
 
 

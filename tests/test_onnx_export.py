@@ -11,14 +11,14 @@ from same_defense.export.onnx_export import (
     max_abs_difference,
     session,
 )
-from same_defense.models import MAE_PRESETS, MaskedAutoencoder, ReconstructorGraph, build_classifier
+from same_defense.models import PRESETS, MaskedAutoencoder, ReconstructorGraph, build_classifier
 
 
 @pytest.fixture(scope="module")
 def graphs():
     torch.manual_seed(0)
     victim = build_classifier("cnn3", (1, 28, 28), 10).eval()
-    mae = MaskedAutoencoder((1, 28, 28), MAE_PRESETS["tiny"]).eval()
+    mae = MaskedAutoencoder((1, 28, 28), PRESETS["tiny"].mae).eval()
     shadow = build_classifier("cnn3", (1, 28, 28), 10).eval()
     return victim, ReconstructorGraph(mae, shadow).eval()
 

@@ -12,11 +12,8 @@ import numpy as np
 import pytest
 
 from same_defense.accounts import AccountService, KeyStore, MemoryStore, RedisStore
-from same_defense.accounts.cli import main as accounts_main
-from same_defense.accounts.local_redis import LocalRedis
-from same_defense.core.accounts import AccountSettings, AccountState
-from same_defense.gateway.admin import AdminApi, AdminServer, ensure_token
-from same_defense.gateway.audit import (
+from same_defense.accounts.admin import AdminApi, AdminServer, ensure_token
+from same_defense.accounts.audit import (
     AuditLog,
     ExpiryWatch,
     key_changes,
@@ -24,6 +21,9 @@ from same_defense.gateway.audit import (
     read_file_events,
     read_stream_events,
 )
+from same_defense.accounts.cli import main as accounts_main
+from same_defense.accounts.local_redis import LocalRedis
+from same_defense.core.accounts import AccountSettings, AccountState
 from same_defense.gateway.upstream import UpstreamChannels, _RoundRobinCall, upstream_addresses
 
 SETTINGS = AccountSettings(suspicion_ttl_s=60.0)

@@ -24,8 +24,8 @@ from same_defense.deploy.observability import metric_names_in
 from same_defense.gateway.accounting import Authenticator
 from same_defense.gateway.options import AccountOptions
 from same_defense.gateway.proxy import GatewayPolicy, GatewayServer
+from same_defense.runtime.inprocess import InProcessSame
 from same_defense.serving.embedded import free_port
-from same_defense.serving.inprocess import InProcessSame
 
 from .servers import protected_service, start_server
 from .test_monitoring import committed_queries

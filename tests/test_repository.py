@@ -2,14 +2,16 @@
 matches what the writer renders, and the bundled defense code is the package's code."""
 
 import filecmp
-import json
 
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from same_defense.core import POLICY_NAMES
-from same_defense.export.repository import ServingSettings, core_source_dir, render_configs
+from same_defense.core.layout import CORE_COPY_DIR
+from same_defense.core.manifest import read_manifest
+from same_defense.export.model_configs import ServingSettings, render_configs
+from same_defense.export.repository import core_source_dir
 
 from .servers import PROJECT_ROOT
 
@@ -61,12 +63,12 @@ def test_defense_policy_is_a_known_one():
 
 
 def test_built_repository_bundles_the_package_core_verbatim(tiny_repository):
-    bundled = tiny_repository / "defense" / "1" / "same_core"
+    bundled = tiny_repository / CORE_COPY_DIR
     source = core_source_dir()
     names = sorted(p.name for p in source.glob("*.py"))
     assert names == sorted(p.name for p in bundled.glob("*.py"))
     match, mismatch, errors = filecmp.cmpfiles(source, bundled, names, shallow=False)
     assert not mismatch and not errors
-    manifest = json.loads((tiny_repository / "defense" / "1" / "same_calibration.json").read_text())
+    manifest = read_manifest(tiny_repository)
     assert manifest["threshold"] > 0 and manifest["input_shape"] == [1, 28, 28]
     assert set(manifest["onnx_sha256"]) == {"victim/1/model.onnx", "reconstructor/1/model.onnx"}

@@ -13,10 +13,11 @@ import pytest
 
 from same_defense.accounts import KeyStore
 from same_defense.client import SameClient
+from same_defense.core.manifest import read_manifest
 from same_defense.data import DataSourceError, source_from_manifest, splits_from_manifest
 from same_defense.export.build import main as build_main
-from same_defense.export.repository import read_manifest, read_model_config
 from same_defense.gateway.options import AccountOptions
+from same_defense.runtime.inprocess import read_model_config
 
 from .servers import protected_service
 from .tiny_rgb import write_cifar10, write_cifar100

@@ -17,13 +17,13 @@ from same_defense.export.onnx_export import (
     reconstructor_variant,
 )
 from same_defense.load import variants
-from same_defense.models import MAE_PRESETS, MaskedAutoencoder, ReconstructorGraph, build_classifier
+from same_defense.models import PRESETS, MaskedAutoencoder, ReconstructorGraph, build_classifier
 
 
 @pytest.fixture(scope="module")
 def float_graph(tmp_path_factory):
     torch.manual_seed(0)
-    mae = MaskedAutoencoder((1, 28, 28), MAE_PRESETS["tiny"]).eval()
+    mae = MaskedAutoencoder((1, 28, 28), PRESETS["tiny"].mae).eval()
     shadow = build_classifier("cnn3", (1, 28, 28), 10).eval()
     x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
     path = tmp_path_factory.mktemp("graphs") / "reconstructor.onnx"

@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from same_defense.accounts import KeyStore
 from same_defense.client import SameClient
+from same_defense.core.layout import MANIFEST_FILE
 from same_defense.core.manifest import ManifestError, load_verified_manifest, sha256_file
 from same_defense.export.build import main as build_main
 from same_defense.export.onnx_export import session
@@ -32,7 +33,7 @@ from same_defense.export.victim_import import (
     wrap_onnx_victim,
 )
 from same_defense.gateway.options import AccountOptions
-from same_defense.serving.inprocess import InProcessSame
+from same_defense.runtime.inprocess import InProcessSame
 
 from .provided_victim import (
     FOLDER_CLASSES,
@@ -50,7 +51,7 @@ from .provided_victim import (
 from .servers import PROJECT_ROOT, protected_service, start_server
 from .tiny_rgb import tiny_rgb_images, write_image_folder
 
-MANIFEST = Path("defense") / "1" / "same_calibration.json"
+MANIFEST = MANIFEST_FILE
 SHAPE = (3, 32, 32)
 
 
@@ -118,7 +119,7 @@ def test_manifest_vouches_for_the_provided_file(provided_build):
     assert manifest["class_names"] == FOLDER_CLASSES
     # The provider's model is good on its classes; near chance would mean a wrapping bug.
     assert manifest["victim_test_accuracy"] > 0.7
-    assert load_verified_manifest(str(repository), str(repository / MANIFEST)) == manifest
+    assert load_verified_manifest(repository) == manifest
 
 
 def test_tampered_provided_file_stops_verification(provided_build, tmp_path):
@@ -126,7 +127,7 @@ def test_tampered_provided_file_stops_verification(provided_build, tmp_path):
     with open(repository / "victim" / "provided.onnx", "ab") as f:
         f.write(b"\0")
     with pytest.raises(ManifestError, match="victim/provided.onnx does not match"):
-        load_verified_manifest(str(repository), str(repository / MANIFEST))
+        load_verified_manifest(repository)
 
 
 def test_served_graph_is_the_provided_model_behind_its_preprocessing(provided_build):

@@ -21,11 +21,12 @@ from tritonclient.utils import InferenceServerException
 
 from .accounts import KeyStore
 from .client import SameClient
+from .core.manifest import is_built, read_manifest
 from .data import QUERY_SOURCES, make_query_set, splits_from_manifest
 from .export.build import main as build_main
-from .export.repository import read_manifest, refresh_defense_code
-from .gateway.deployment import ProtectedService
+from .export.repository import refresh_defense_code
 from .gateway.options import AccountOptions
+from .serving.deployment import ProtectedService
 from .serving.embedded import free_port
 from .serving.metrics import read_defense_counters
 
@@ -46,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    manifest_path = args.repository / "defense" / "1" / "same_calibration.json"
-    if args.rebuild or not manifest_path.exists():
+    if args.rebuild or not is_built(args.repository):
         # --force: --rebuild asks to replace a built repository (same-build refuses otherwise).
         build_main(["--repository", str(args.repository), "--force"])
     else:
@@ -190,10 +190,9 @@ def unauthenticated_refused(url: str, shape: tuple[int, ...]) -> bool:
 
 
 def read_policy(repository: Path) -> str:
-    from .export.repository import read_model_config
+    from .runtime.inprocess import defense_parameters
 
-    params = read_model_config(repository / "defense").parameters
-    return params["policy"].string_value if "policy" in params else "misinformation"
+    return defense_parameters(repository)[0]
 
 
 def print_summary(report: dict) -> None:

@@ -29,11 +29,13 @@ from pathlib import Path
 
 from ..cli_errors import add_debug_argument, run_command, wants_debug
 from ..core.accounts import AccountSettings, account_settings_from_manifest
+from ..core.layout import MANIFEST_FILE
+from ..core.manifest import read_manifest_file
 
 # The gateway's side (admin API, audit trail); imported here, not at the package's top, so
 # that the gateway's own imports of ``same_defense.accounts`` stay free of cycles.
-from ..gateway.admin import DEFAULT_ADMIN_LISTEN, DEFAULT_TOKEN_FILE, AdminClient, AdminUnavailable
-from ..gateway.audit import (
+from .admin import DEFAULT_ADMIN_LISTEN, DEFAULT_TOKEN_FILE, AdminClient, AdminUnavailable
+from .audit import (
     DEFAULT_AUDIT_LOG,
     AuditLog,
     parse_since,
@@ -44,11 +46,12 @@ from .keys import DEFAULT_KEY_FILE, KeyStore, KeyStoreError
 from .service import AccountService
 from .store import RedisStore, StoreUnavailable
 
-DEFAULT_MANIFEST = Path("model_repository/defense/1/same_calibration.json")
+DEFAULT_MANIFEST = Path("model_repository") / MANIFEST_FILE
 
 
 def _service(args: argparse.Namespace) -> AccountService:
-    manifest = json.loads(args.manifest.read_text()) if args.manifest.exists() else None
+    # Without a built repository the service still lists and clears accounts (defaults).
+    manifest = read_manifest_file(args.manifest) if args.manifest.exists() else None
     settings = account_settings_from_manifest(manifest) or AccountSettings()
     return AccountService(settings, RedisStore(args.redis))
 

@@ -5,7 +5,7 @@ Two implementations answer the same way:
 - :class:`GrpcOracle` queries the live ``same`` ensemble on a Triton server over gRPC, in
   batches, as a real thief would;
 - :class:`InProcessOracle` runs an in-process pipeline (by default
-  :class:`~same_defense.serving.inprocess.InProcessSame`: the repository's ONNX graphs and the
+  :class:`~same_defense.runtime.inprocess.InProcessSame`: the repository's ONNX graphs and the
   defense code the Triton step runs) for fast sweeps.
 
 Both count queries against a budget and keep the transcript (queries and answers). The
@@ -106,7 +106,7 @@ class _Accounting:
 class InProcessOracle(_Accounting):
     """Answers from a pipeline with ``infer(images) -> Decision`` (same graphs, same core).
 
-    ``pipeline`` is :class:`~same_defense.serving.inprocess.InProcessSame` for the served
+    ``pipeline`` is :class:`~same_defense.runtime.inprocess.InProcessSame` for the served
     defense, or any object with the same ``infer`` (the evaluation's other defenses).
     ``scores`` and ``flagged`` hold the operator's view of every query sent.
     """

@@ -141,11 +141,11 @@ def served_shape(args: argparse.Namespace) -> tuple[int, ...]:
     if args.repository is None:
         with _client(args) as client:
             return client.input_shape
-    from ..export.repository import read_manifest
+    from ..core.manifest import ManifestError, read_manifest
 
     try:
         return tuple(int(d) for d in read_manifest(args.repository)["input_shape"])
-    except FileNotFoundError as exc:
+    except ManifestError as exc:
         raise CommandError(f"--repository {args.repository}: {exc}", status=2) from None
 
 

@@ -7,9 +7,7 @@ imports the very same files from here, so the served and the evaluated defense c
 """
 
 from .accounts import (
-    ACCOUNT_OUTPUT,
     ACCOUNT_OUTPUT_WIDTH,
-    ACCOUNT_PARAMETER,
     REVIEW,
     SUSPECTED,
     TIERS,
@@ -25,7 +23,6 @@ from .accounts import (
 from .counts import METRICS_FLUSH_S, DefenseCounts, score_buckets
 from .decision import (
     DEFAULT_ALPHA,
-    DEFAULT_POLICY,
     Decision,
     DefenseSettings,
     GraphArrays,
@@ -35,10 +32,23 @@ from .decision import (
     defend,
     defend_requests,
 )
+from .layout import (
+    ACCOUNT_OUTPUT,
+    ACCOUNT_PARAMETER,
+    DEFAULT_POLICY,
+    DEFENSE_INPUTS,
+    FLAGGED_METRIC,
+    FORCED_METRIC,
+    INVALID_METRIC,
+    LABEL,
+    PROBS,
+    SCORE_METRIC,
+    SCORED_METRIC,
+)
 from .manifest import (
-    MANIFEST_NAME,
     ManifestError,
     load_verified_manifest,
+    read_manifest,
     settings_from_manifest,
 )
 from .policies import POLICY_NAMES, PolicyParams, apply_policy
@@ -65,7 +75,14 @@ __all__ = [
     "reference_from_manifest",
     "score_pvalues",
     "update_state",
-    "MANIFEST_NAME",
+    "DEFENSE_INPUTS",
+    "FLAGGED_METRIC",
+    "FORCED_METRIC",
+    "INVALID_METRIC",
+    "LABEL",
+    "PROBS",
+    "SCORE_METRIC",
+    "SCORED_METRIC",
     "POLICY_NAMES",
     "Decision",
     "DefenseSettings",
@@ -83,6 +100,7 @@ __all__ = [
     "find_input_problems",
     "kl_divergence",
     "load_verified_manifest",
+    "read_manifest",
     "same_score",
     "settings_from_manifest",
     "softmax",

@@ -43,13 +43,9 @@ from functools import cached_property
 
 import numpy as np
 
-# The ensemble's internal output (per query: its class-conditional p-value, the victim's
-# predicted class and whether its own score was flagged) and the request parameter by which
-# the gateway tells the defense step how to answer the caller's account. Only the gateway may
-# use either: it requests and strips the output, and overwrites the parameter.
-ACCOUNT_OUTPUT = "ACCOUNT_PVALUE"
+# The columns of the ensemble's internal output (layout.ACCOUNT_OUTPUT), per query: its
+# class-conditional p-value, the victim's predicted class and whether its own score was flagged.
 ACCOUNT_OUTPUT_WIDTH = 3
-ACCOUNT_PARAMETER = "same_account_state"
 # Tiers of the answer to an account, weakest first: "" (normal), "review" (top-1 label only),
 # "suspected" (the response policy on every query).
 REVIEW = "review"

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .accounts import REVIEW, SUSPECTED, TIERS, account_evidence, score_pvalues
+from .layout import DEFAULT_POLICY
 from .policies import POLICY_NAMES, PolicyParams, apply_policy
 from .score import same_score, softmax
 from .validation import describe_problems, find_input_problems
 
-# Default served policy and SAME weight, defined once (the build and the configs use these).
-DEFAULT_POLICY = "misinformation"
+# The SAME weight, defined once (the build and the configs use it; the default policy is in
+# the repository contract, .layout).
 DEFAULT_ALPHA = 0.99
 
 

@@ -1,7 +1,8 @@
 """The repository manifest (``defense/1/same_calibration.json``): read, verify, turn into settings.
 
-The server side calls :func:`load_verified_manifest` when the defense step loads, so a
-tampered or replaced ONNX file stops the ensemble from loading instead of serving silently.
+The one reader of the manifest. The server side calls :func:`load_verified_manifest` when the
+defense step loads, so a tampered or replaced ONNX file stops the ensemble from loading
+instead of serving silently; tools that only need its figures call :func:`read_manifest`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import os
 
 from .accounts import reference_from_manifest
 from .decision import DefenseSettings
+from .layout import MANIFEST_FILE, repository_path
 from .policies import PolicyParams
-
-MANIFEST_NAME = "same_calibration.json"
 
 
 class ManifestError(RuntimeError):
@@ -30,16 +30,42 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def load_verified_manifest(repository_root: str, manifest_path: str) -> dict:
-    """Read the manifest and check the SHA-256 of every ONNX file it lists."""
-    if not os.path.exists(manifest_path):
-        raise ManifestError(f"{manifest_path} is missing: rebuild the repository")
-    with open(manifest_path) as f:
-        manifest = json.load(f)
+def manifest_path(repository: str | os.PathLike[str]) -> str:
+    """Where the manifest of ``repository`` lives."""
+    return repository_path(repository, MANIFEST_FILE)
+
+
+def is_built(repository: str | os.PathLike[str]) -> bool:
+    """Whether ``repository`` has a manifest: ``same-build`` writes it last."""
+    return os.path.exists(manifest_path(repository))
+
+
+def read_manifest_file(path: str | os.PathLike[str]) -> dict:
+    """The manifest at ``path`` (a copy outside its repository, as a gateway pod mounts it)."""
+    if not os.path.exists(path):
+        raise ManifestError(f"{path} is missing: build the repository first (make repository)")
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{path} is not a readable manifest ({exc}): rebuild it") from None
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{path} is not a manifest (a JSON object): rebuild it")
+    return manifest
+
+
+def read_manifest(repository: str | os.PathLike[str]) -> dict:
+    """The manifest of ``repository``, unverified: for tools that read its figures."""
+    return read_manifest_file(manifest_path(repository))
+
+
+def load_verified_manifest(repository: str | os.PathLike[str]) -> dict:
+    """The manifest of ``repository``, after checking the SHA-256 of every file it lists."""
+    manifest = read_manifest(repository)
     for rel, expected in manifest.get("onnx_sha256", {}).items():
-        path = os.path.join(repository_root, rel)
+        path = repository_path(repository, rel)
         if not os.path.exists(path):
-            raise ManifestError(f"{rel} is missing from the repository at {repository_root}")
+            raise ManifestError(f"{rel} is missing from the repository at {repository}")
         actual = sha256_file(path)
         if actual != expected:
             raise ManifestError(

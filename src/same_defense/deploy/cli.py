@@ -20,32 +20,8 @@ from pathlib import Path
 
 from ..cli_errors import add_debug_argument, run_command, wants_debug
 from .observability import render_monitoring
-from .render import render
+from .render import render, to_yaml
 from .settings import DeploySettings
-
-HEADER = (
-    "# Rendered by `same-deploy` (src/same_defense/deploy/render.py) from the settings the\n"
-    "# embedded server uses; do not edit by hand: change the settings and render again.\n"
-)
-
-
-def to_yaml(objects: list[dict]) -> str:
-    try:
-        import yaml
-    except ImportError as exc:  # pragma: no cover - install problem
-        raise SystemExit("same-deploy needs PyYAML: pip install -e '.[dev]'") from exc
-
-    class Dumper(yaml.SafeDumper):
-        pass
-
-    def text(dumper: yaml.SafeDumper, value: str):
-        # Model configs and adapter rules stay readable: block style for multi-line text.
-        style = "|" if "\n" in value else None
-        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-    Dumper.add_representer(str, text)
-    docs = [yaml.dump(o, Dumper=Dumper, sort_keys=False, width=100) for o in objects]
-    return HEADER + "---\n" + "---\n".join(docs)
 
 
 def render_files(settings: DeploySettings) -> dict[str, str]:
@@ -61,7 +37,8 @@ def _stale(files: dict[str, str], out: Path, pattern: str) -> list[str]:
 def settings_from_args(args: argparse.Namespace) -> DeploySettings:
     s = DeploySettings(namespace=args.namespace, gpu=args.gpu, redis_url=args.redis_url)
     if args.repository is not None:
-        from ..export.repository import ServingSettings, read_manifest
+        from ..core.manifest import read_manifest
+        from ..export.model_configs import ServingSettings
 
         manifest = read_manifest(args.repository)
         serving = ServingSettings(

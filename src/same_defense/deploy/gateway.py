@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.manifest import MANIFEST_NAME
+from ..core.layout import MANIFEST_FILE, MANIFEST_NAME
 from .settings import (
     GATEWAY_ADMIN_PORT,
     GATEWAY_GRPC_PORT,
@@ -98,7 +98,7 @@ def gateway_deployment(s: DeploySettings) -> dict:
         "command": [
             "sh",
             "-c",
-            f"cp {REPOSITORY_IN_IMAGE}/defense/1/{MANIFEST_NAME} /calibration/",
+            f"cp {REPOSITORY_IN_IMAGE}/{MANIFEST_FILE} /calibration/",
         ],
         "securityContext": _hardened(10001),
         "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}},

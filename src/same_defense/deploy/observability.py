@@ -15,8 +15,14 @@ from __future__ import annotations
 import json
 import re
 from functools import cache
-from importlib import resources
 
+from ..core.layout import (
+    FLAGGED_METRIC,
+    FORCED_METRIC,
+    INVALID_METRIC,
+    SCORE_METRIC,
+    SCORED_METRIC,
+)
 from .settings import DeploySettings
 from .shapes import PART_OF, _meta
 
@@ -47,14 +53,14 @@ def gateway_metric_names() -> frozenset[str]:
     return frozenset(names)
 
 
-@cache
 def triton_step_metric_names() -> frozenset[str]:
-    """The defense step's metric families, read from its source (package data)."""
-    source = resources.files("same_defense.serving").joinpath("triton_step", "model.py").read_text()
-    names = set(re.findall(r'"(same_[a-z0-9_]+)"', source))
+    """The defense step's metric families, as the repository contract names them (the step
+    registers exactly these)."""
+    counters = (SCORED_METRIC, FLAGGED_METRIC, INVALID_METRIC, FORCED_METRIC)
     # A histogram written by hand: its families are NAME_bucket/_sum/_count; queries use
     # histogram_quantile(NAME_bucket), rate(NAME_sum) ... so list them as they are.
-    return frozenset(names)
+    histogram = (f"{SCORE_METRIC}_{part}" for part in ("bucket", "sum", "count"))
+    return frozenset((*counters, *histogram))
 
 
 def known_metric_names() -> frozenset[str]:
@@ -323,7 +329,7 @@ def dashboard(s: DeploySettings) -> dict:
 
 def render_monitoring(s: DeploySettings) -> dict[str, str]:
     """``{file name: text}`` of ``deploy/monitoring/``."""
-    from .cli import to_yaml
+    from .render import to_yaml
 
     return {
         DASHBOARD_FILE: json.dumps(dashboard(s), indent=2) + "\n",

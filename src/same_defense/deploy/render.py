@@ -44,12 +44,38 @@ __all__ = [
     "network_policies",
     "redis_objects",
     "render",
+    "to_yaml",
     "triton_args",
     "triton_deployment",
     "triton_hpa",
     "triton_pods_service",
     "triton_service",
 ]
+
+
+HEADER = (
+    "# Rendered by `same-deploy` (src/same_defense/deploy/render.py) from the settings the\n"
+    "# embedded server uses; do not edit by hand: change the settings and render again.\n"
+)
+
+
+def to_yaml(objects: list[dict]) -> str:
+    try:
+        import yaml
+    except ImportError as exc:  # pragma: no cover - install problem
+        raise SystemExit("same-deploy needs PyYAML: pip install -e '.[dev]'") from exc
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str):
+        # Model configs and adapter rules stay readable: block style for multi-line text.
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    docs = [yaml.dump(o, Dumper=Dumper, sort_keys=False, width=100) for o in objects]
+    return HEADER + "---\n" + "---\n".join(docs)
 
 
 def render(s: DeploySettings | None = None) -> dict[str, list[dict]]:

@@ -1,7 +1,7 @@
 """What the Kubernetes manifests are rendered from.
 
 Everything the embedded deployment also knows comes from the code it runs: the model configs
-(:func:`same_defense.export.repository.render_configs` on :class:`ServingSettings`), Triton's
+(:func:`same_defense.export.model_configs.render_configs` on :class:`ServingSettings`), Triton's
 ports (:class:`EmbeddedTriton`'s defaults), the gateway's public ports
 (:class:`ProtectedService`'s defaults), the restricted-protocol categories and key header.
 Only what exists solely in a cluster (images, replicas, resources, autoscaling targets) is
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from ..export.repository import ServingSettings
-from ..gateway.deployment import KEY_HEADER, ProtectedService
+from ..export.model_configs import ServingSettings
+from ..serving.deployment import KEY_HEADER, ProtectedService
 from ..serving.embedded import RESTRICTED_CATEGORIES, EmbeddedTriton
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..export.repository import render_configs
+from ..export.model_configs import render_configs
 from .settings import (
     RESTRICTED,
     TRITON_GRPC_PORT,

@@ -29,7 +29,7 @@ from ..core import (
     reference_from_manifest,
 )
 from ..data.shifts import photo_copies
-from ..serving.inprocess import InProcessSame
+from ..runtime.inprocess import InProcessSame
 from .defenses import CachedGraphs
 
 LINK_MODES = ("unrelated", "one-network", "one-group")

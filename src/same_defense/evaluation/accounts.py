@@ -138,7 +138,7 @@ _PIPELINES: dict = {}  # per process: the served pipeline, built once
 
 
 def pipeline_for(repository: str):
-    from ..serving.inprocess import InProcessSame
+    from ..runtime.inprocess import InProcessSame
 
     if repository not in _PIPELINES:
         _PIPELINES[repository] = InProcessSame(Path(repository), threads=1)

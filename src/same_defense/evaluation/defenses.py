@@ -28,8 +28,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..core import (
+    POLICY_NAMES,
     Decision,
     DefenseSettings,
+    GraphArrays,
     PolicyParams,
     apply_policy,
     check_inputs,
@@ -43,12 +45,11 @@ from ..core.policies import (
     shifted_misinformation_target,
 )
 from ..core.score import same_score
-from ..serving.inprocess import GraphOutputs, GraphRunner
+from ..runtime.inprocess import GraphRunner
 
-SAME_POLICIES = ("monitor", "reject", "top1", "reverse_sigmoid", "misinformation")
 DEFENSE_NAMES = (
     "none",
-    *(f"same-{p}" for p in SAME_POLICIES),
+    *(f"same-{p}" for p in POLICY_NAMES),
     "rs-all",
     "top1-all",
     "am-maxsoftmax",
@@ -65,7 +66,7 @@ class CachedGraphs:
         self._memo: dict[bytes, tuple[np.ndarray, ...]] = {}
         self.computed = 0
 
-    def run(self, images: np.ndarray) -> GraphOutputs:
+    def run(self, images: np.ndarray) -> GraphArrays:
         images = np.ascontiguousarray(images, dtype=np.float32)
         keys = [hashlib.sha1(row.tobytes()).digest() for row in images]
         missing = [i for i, k in enumerate(keys) if k not in self._memo]
@@ -76,7 +77,7 @@ class CachedGraphs:
                 self._memo[keys[i]] = tuple(f[j] for f in fields)
             self.computed += len(missing)
         rows = [self._memo[k] for k in keys]
-        return GraphOutputs(*(np.stack([r[f] for r in rows]) for f in range(4)))
+        return GraphArrays(*(np.stack([r[f] for r in rows]) for f in range(4)))
 
 
 @dataclass(frozen=True)
@@ -87,20 +88,20 @@ class Defense:
     name: str
     settings: DefenseSettings  # SAME's threshold, alpha and policy parameters
 
-    def respond(self, out: GraphOutputs, client: ClientState | None = None) -> Decision:
+    def respond(self, out: GraphArrays, client: ClientState | None = None) -> Decision:
         """``client`` carries per-client state (only the stateful variant reads it)."""
         scores = self.scores(out)
         true_probs = softmax(out.logits)
         probs, labels = self.answer(out, scores, true_probs, client)
         return Decision(probs, labels, scores, scores > self.settings.threshold, true_probs)
 
-    def scores(self, out: GraphOutputs) -> np.ndarray:
+    def scores(self, out: GraphArrays) -> np.ndarray:
         s = self.settings
         return same_score(out.recon_error, out.logits, out.shadow_logits, s.alpha)
 
     def answer(
         self,
-        out: GraphOutputs,
+        out: GraphArrays,
         scores: np.ndarray,
         true_probs: np.ndarray,
         client: ClientState | None,
@@ -115,7 +116,7 @@ class Same(Defense):
 
     policy: str = "monitor"
 
-    def respond(self, out: GraphOutputs, client: ClientState | None = None) -> Decision:
+    def respond(self, out: GraphArrays, client: ClientState | None = None) -> Decision:
         settings = replace(self.settings, policy=self.policy)
         return defend(out.logits, out.recon_error, out.shadow_logits, settings)
 
@@ -220,7 +221,7 @@ def build_defenses(
     settings = replace(settings, params=settings.params or PolicyParams())
     tau = calibrate_max_softmax_tau(calibration_logits, target_fpr)
     defenses: dict[str, Defense] = {"none": Defense("none", settings)}
-    for policy in SAME_POLICIES:
+    for policy in POLICY_NAMES:
         defenses[f"same-{policy}"] = Same(f"same-{policy}", settings, policy)
     defenses["rs-all"] = EveryQuery("rs-all", settings, "reverse_sigmoid")
     defenses["top1-all"] = EveryQuery("top1-all", settings, "top1")

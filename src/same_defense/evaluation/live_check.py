@@ -16,8 +16,8 @@ def grpc_check(ctx: Context, log_file: Path) -> dict:
     from ..attacks import Dfme, GrpcOracle, InProcessOracle, Jbda, transfer_set
     from ..data import make_query_set
     from ..export.repository import refresh_defense_code
+    from ..runtime.inprocess import InProcessSame
     from ..serving.embedded import EmbeddedTriton, free_port
-    from ..serving.inprocess import InProcessSame
 
     config = ctx.config
     repo = Path(config.repository)

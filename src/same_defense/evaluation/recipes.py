@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from ..core.decision import DEFAULT_ALPHA
+from ..core.decision import DEFAULT_ALPHA, GraphArrays
+from ..core.layout import ONNX_FILES
+from ..core.manifest import is_built, read_manifest
 from ..core.score import rescaled_alpha, same_score
 from ..data import QUERY_SOURCES, make_query_set, source_from_manifest
 from ..export.build import main as build_main
-from ..export.repository import ONNX_FILES, read_manifest
-from ..serving.inprocess import GraphOutputs, GraphRunner
+from ..runtime.inprocess import GraphRunner
 
 log = logging.getLogger("same.recipes")
 
@@ -38,7 +39,7 @@ def aurocs(repository: Path, queries: dict[str, np.ndarray], benign: np.ndarray)
         "kl_only": 0.0,
     }
 
-    def score(out: GraphOutputs, a: float) -> np.ndarray:
+    def score(out: GraphArrays, a: float) -> np.ndarray:
         return same_score(out.recon_error, out.logits, out.shadow_logits, a)
 
     ben = runner.run(benign)
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = read_manifest(args.repository)
     authors = args.work / "model_repository"
     source = source_from_manifest(manifest)
-    if not (authors / "defense" / "1" / "same_calibration.json").exists():
+    if not is_built(authors):
         log.info("training the authors' shadow on %s's victim and MAE", args.repository)
         data = ["--data", source.name] + (["--data-root", source.root] if source.root else [])
         build_main(

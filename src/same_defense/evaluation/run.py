@@ -76,8 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    from ..core.manifest import read_manifest
     from ..data import source_from_manifest
-    from ..export.repository import read_manifest
 
     transfer_root = args.transfer_root or source_from_manifest(read_manifest(args.repository)).root
     clone = CloneConfig(

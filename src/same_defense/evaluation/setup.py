@@ -61,19 +61,17 @@ class Context:
     def __init__(self, config: EvalConfig) -> None:
         import torch
 
+        from ..core.layout import ONNX_FILES
         from ..core.manifest import load_verified_manifest, settings_from_manifest
         from ..core.score import same_score
         from ..data import splits_from_manifest
-        from ..export.repository import MANIFEST_NAME, ONNX_FILES
-        from ..serving.inprocess import GraphRunner
+        from ..runtime.inprocess import GraphRunner
         from .defenses import DEFENSE_NAMES, CachedGraphs, build_defenses
 
         torch.set_num_threads(1)
         repo = Path(config.repository)
         self.config = config
-        self.manifest = load_verified_manifest(
-            str(repo), str(repo / "defense" / "1" / MANIFEST_NAME)
-        )
+        self.manifest = load_verified_manifest(repo)
         self.splits = splits_from_manifest(self.manifest)
         self.shape = tuple(self.manifest["input_shape"])
         self.num_classes = len(self.manifest["class_names"])

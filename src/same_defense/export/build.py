@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from ..cli_errors import CommandError, run_command, wants_debug
-from ..core.manifest import MANIFEST_NAME, load_verified_manifest
+from ..core.layout import MANIFEST_FILE, ONNX_FILES
+from ..core.manifest import is_built, load_verified_manifest, manifest_path
 from ..data import source_from_manifest
 from ..data.datasets import load_unlabelled_images
-from ..models import ReconstructorGraph
-from ..serving.inprocess import GraphRunner
+from ..models import PRESETS, ReconstructorGraph
+from ..runtime.inprocess import GraphRunner
 from . import build_args
 from .build_plan import PlanInputs, StageEstimate, estimate_plan, format_seconds, plan_lines
 from .build_stages import (
@@ -37,13 +38,9 @@ from .build_stages import (
     victim_stage,
 )
 from .calibration import calibrate
-from .repository import ONNX_FILES, refresh_defense_code
+from .repository import refresh_defense_code, write_manifest
 from .victim_cli import choose_shadow_architecture, shadow_reason, victim_options
 from .victim_spec import PreparedVictim
-
-# Epochs per preset: (victim, MAE, shadow).
-EPOCHS = {"cpu": (12, 40, 12), "cifar-cpu": (15, 60, 10), "paper": (30, 500, 30), "tiny": (1, 1, 1)}
-EPOCHS |= {name: EPOCHS["cpu"] for name in ("cpu-p7", "cpu-p7-lite", "cpu-lite", "cpu-mini")}
 
 
 @dataclass
@@ -78,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def stage_epochs(args: argparse.Namespace) -> tuple[int, int, int]:
     """(victim, MAE, shadow) epochs: the preset's, unless given on the command line."""
-    victim, mae, shadow = EPOCHS[args.preset]
+    victim, mae, shadow = PRESETS[args.preset].epochs
     return (args.victim_epochs or victim, args.mae_epochs or mae, args.shadow_epochs or shadow)
 
 
@@ -89,7 +86,7 @@ def victim_trains(args: argparse.Namespace) -> bool:
 
 def existing_build(repository: Path) -> Path | None:
     """A file that shows ``repository`` holds a built defense (the tracked configs do not)."""
-    for rel in (Path("defense") / "1" / MANIFEST_NAME, *map(Path, ONNX_FILES.values())):
+    for rel in (MANIFEST_FILE, *ONNX_FILES.values()):
         if (repository / rel).exists():
             return repository / rel
     return None
@@ -228,13 +225,13 @@ def build(args: argparse.Namespace) -> BuildReport:
 
 def recalibrate(args: argparse.Namespace) -> dict:
     """Rewrite the calibration of an existing repository (the ONNX graphs are kept)."""
-    manifest_path = args.repository / "defense" / "1" / MANIFEST_NAME
-    if not manifest_path.exists():
+    if not is_built(args.repository):
         raise CommandError(
-            f"--recalibrate: {manifest_path} is missing; build the repository first "
-            "(same-build without --recalibrate, or make repository), or point --repository at one"
+            f"--recalibrate: {manifest_path(args.repository)} is missing; build the repository "
+            "first (same-build without --recalibrate, or make repository), or point --repository "
+            "at one"
         )
-    manifest = load_verified_manifest(str(args.repository), str(manifest_path))
+    manifest = load_verified_manifest(args.repository)
     source = source_from_manifest(manifest, args.data_root)
     splits = source.split()
     manifest["data"] = source.to_manifest()  # where the data are now, if they moved
@@ -265,7 +262,7 @@ def recalibrate(args: argparse.Namespace) -> dict:
         args.target_fpr,
         len(manifest["class_names"]),
     )
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(args.repository, manifest)
     refresh_defense_code(args.repository)
     print(
         f"recalibrated {args.repository}: alpha {args.alpha}, threshold {manifest['threshold']:.6g}"

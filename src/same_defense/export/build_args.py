@@ -10,7 +10,7 @@ from pathlib import Path
 from ..cli_errors import add_debug_argument
 from ..core import DEFAULT_ALPHA, DEFAULT_POLICY
 from ..data import DATASET_CHOICES
-from ..models import DEFAULT_PRESET, MAE_PRESETS
+from ..models import DEFAULT_PRESET, PRESETS
 from ..train import SHADOW_RECIPES, DeviceUnavailable, resolve_device
 from .onnx_export import RECONSTRUCTOR_VARIANTS
 from .victim_import import add_victim_arguments, victim_arguments_problem
@@ -38,7 +38,7 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
     p.add_argument("--max-train", type=int, default=0, help="cap on training images (0: all)")
     p.add_argument(
         "--preset",
-        choices=sorted(MAE_PRESETS),
+        choices=sorted(PRESETS),
         default=DEFAULT_PRESET,
         help="MAE size and epochs (the default was chosen by `make variants`: docs/performance.md)",
     )
@@ -54,7 +54,9 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
     )
     for stage in ("victim", "mae", "shadow"):
         p.add_argument(
-            f"--{stage}-epochs", type=int, help="training epochs; None: the preset's (EPOCHS)"
+            f"--{stage}-epochs",
+            type=int,
+            help="training epochs (default: the preset's)",
         )
     p.add_argument(
         "--alpha", type=float, default=DEFAULT_ALPHA, help="weight of the reconstruction error"

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models import MAE_PRESETS, MaskedAutoencoder, ReconstructorGraph, build_classifier
+from ..models import PRESETS, MaskedAutoencoder, ReconstructorGraph, build_classifier
 from ..models import fit_to_shape as fit_mae
-from ..serving.inprocess import GraphRunner
+from ..runtime.inprocess import GraphRunner
 from ..train.loops import random_shift
 from .onnx_export import RECONSTRUCTOR_IO, VICTIM_IO, export_onnx
 
@@ -198,7 +198,7 @@ def estimate_plan(
         victim_epochs, mae_epochs, shadow_epochs = inputs.epochs
         stages = [StageEstimate("data", data_what(inputs), data_seconds, done=True)]
         stages.append(_victim_estimate(args, inputs, device, victim_what, victim_epochs))
-        mae = MaskedAutoencoder(inputs.shape, fit_mae(MAE_PRESETS[args.preset], inputs.shape))
+        mae = MaskedAutoencoder(inputs.shape, fit_mae(PRESETS[args.preset].mae, inputs.shape))
         mae_steps = mae_epochs * math.ceil(inputs.n_train / MAE_BATCH)
         mae_what = (
             f"load the MAE {args.mae_checkpoint}"

@@ -16,17 +16,18 @@ import torch
 from ..core import softmax
 from ..data import DataSource, ImageSet, Splits, load_dataset
 from ..models import (
-    MAE_PRESETS,
+    PRESETS,
     MaskedAutoencoder,
     ReconstructorGraph,
     build_classifier,
     fit_to_shape,
 )
-from ..serving.inprocess import GraphRunner
+from ..runtime.inprocess import GraphRunner
 from ..train import TrainConfig, train_classifier, train_mae, train_shadow
 from .calibration import calibrate
+from .model_configs import ServingSettings
 from .onnx_export import RECONSTRUCTOR_IO, export_onnx, max_abs_difference, reconstructor_variant
-from .repository import ServingSettings, write_repository
+from .repository import write_repository
 from .victim_checks import chance_warning, output_kind_problem, suggest_preprocessing
 from .victim_import import (
     PreparedVictim,
@@ -141,7 +142,7 @@ def victim_stage(
 
 def mae_stage(args: argparse.Namespace, data: BuildData, epochs: int) -> MaskedAutoencoder:
     """Train (or load --mae-checkpoint) the preset's MAE, fitted to the image shape."""
-    mae = MaskedAutoencoder(data.shape, fit_to_shape(MAE_PRESETS[args.preset], data.shape))
+    mae = MaskedAutoencoder(data.shape, fit_to_shape(PRESETS[args.preset].mae, data.shape))
     if args.mae_checkpoint:
         mae.load_state_dict(torch.load(args.mae_checkpoint, weights_only=True))
     else:

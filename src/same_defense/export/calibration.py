@@ -9,7 +9,7 @@ import numpy as np
 
 from ..core.accounts import AccountSettings
 from ..core.score import same_score
-from ..serving.inprocess import GraphRunner
+from ..runtime.inprocess import GraphRunner
 
 
 def threshold_at_fpr(benign_scores: np.ndarray, target_fpr: float) -> float:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import core
-from ..core.accounts import ACCOUNT_OUTPUT, ACCOUNT_OUTPUT_WIDTH
+from ..core.accounts import ACCOUNT_OUTPUT_WIDTH
+from ..core.layout import ACCOUNT_OUTPUT, DEFAULT_POLICY
 
 INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU")
 
@@ -27,7 +28,7 @@ class ServingSettings:
     # can name the labels they receive without the manifest.
     class_names: tuple[str, ...] = tuple(str(i) for i in range(10))
     max_batch_size: int = 256
-    policy: str = "misinformation"
+    policy: str = DEFAULT_POLICY
     # Tuned on 2 CPU cores with `make bench` (docs/performance.md). The reconstructor is
     # about 6x the victim's compute: two instances let it use both cores at saturation.
     victim_instances: int = 1

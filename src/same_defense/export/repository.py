@@ -1,17 +1,8 @@
 """Write the Triton model repository: configs, ONNX graphs, the defense code and its manifest.
 
-Layout (``same`` is the only model clients are meant to call)::
-
-    victim/1/model.onnx          IMAGE -> LOGITS                  backend "onnxruntime"
-    reconstructor/1/model.onnx   IMAGE -> RECON_ERROR, SHADOW_LOGITS, INPUT_STATS
-    defense/1/model.py           Python step: check, score, flag, respond (from the package)
-    defense/1/same_core/         numpy-only copy of ``same_defense.core`` (written here)
-    defense/1/same_calibration.json   threshold, alpha, shapes, classes, ONNX SHA-256
-    same/                        the ensemble: IMAGE -> PROBS, LABEL
-
-The configs themselves are rendered in ``model_configs`` (``ServingSettings``,
-``render_configs`` and ``write_configs`` are re-exported here); this module places the files,
-bundles the defense code, writes the manifest and reads a repository back.
+The layout is the repository contract (:mod:`same_defense.core.layout`); the configs are
+rendered in :mod:`.model_configs`. This module places the files, bundles the defense code and
+writes the manifest (:mod:`same_defense.core.manifest` reads it back).
 """
 
 from __future__ import annotations
@@ -23,20 +14,24 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import core
-from ..core.accounts import ACCOUNT_OUTPUT, ACCOUNT_OUTPUT_WIDTH
-from ..core.manifest import MANIFEST_NAME, sha256_file
-from .model_configs import INSTANCE_KINDS as INSTANCE_KINDS
+from ..core.accounts import ACCOUNT_OUTPUT_WIDTH
+from ..core.layout import (
+    ACCOUNT_OUTPUT,
+    CONFIG_NAME,
+    CORE_COPY_DIR,
+    DEFENSE,
+    DEFENSE_STEP_FILE,
+    ENSEMBLE,
+    ONNX_FILES,
+    PROVIDED_VICTIM_FILE,
+)
+from ..core.manifest import manifest_path, sha256_file
 from .model_configs import ServingSettings, write_configs
-from .model_configs import render_configs as render_configs
 
 MANIFEST_VERSION = 1
 # The Triton step ships inside the package (package data), so a pip-installed same-build
 # writes a complete repository without a checkout.
 DEFENSE_STEP_SOURCE = Path(__file__).resolve().parents[1] / "serving" / "triton_step" / "model.py"
-ONNX_FILES = {"victim": "victim/1/model.onnx", "reconstructor": "reconstructor/1/model.onnx"}
-# A provider's own ONNX victim, kept verbatim beside the served wrapper (victim/1/model.onnx
-# adds its preprocessing). Triton loads only version folders, so this file is not served.
-PROVIDED_VICTIM_FILE = "victim/provided.onnx"
 
 
 def core_source_dir() -> Path:
@@ -45,7 +40,7 @@ def core_source_dir() -> Path:
 
 def bundle_core(repository: Path) -> Path:
     """Copy the numpy-only defense code next to the Triton step (see ``same_defense.core``)."""
-    target = repository / "defense" / "1" / "same_core"
+    target = repository / CORE_COPY_DIR
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(core_source_dir(), target, ignore=shutil.ignore_patterns("__pycache__"))
@@ -56,12 +51,12 @@ def refresh_defense_code(repository: Path) -> None:
     """Put the current Triton step and core code into ``repository`` (the ONNX stay as built),
     and give the configs the internal output's current width (a repository built before the
     account evidence had three columns declared one)."""
-    step = repository / "defense" / "1" / "model.py"
+    step = repository / DEFENSE_STEP_FILE
     if not step.exists() or step.resolve() != DEFENSE_STEP_SOURCE.resolve():
         shutil.copyfile(DEFENSE_STEP_SOURCE, step)
     bundle_core(repository)
-    for model in ("defense", "same"):
-        config = repository / model / "config.pbtxt"
+    for model in (DEFENSE, ENSEMBLE):
+        config = repository / model / CONFIG_NAME
         if config.exists():
             text = config.read_text()
             fixed = re.sub(
@@ -110,23 +105,11 @@ def write_repository(
             for rel in [*ONNX_FILES.values()] + ([PROVIDED_VICTIM_FILE] if provided_victim else [])
         },
     }
-    path = repository / "defense" / "1" / MANIFEST_NAME
+    return write_manifest(repository, manifest)
+
+
+def write_manifest(repository: Path, manifest: dict) -> Path:
+    """Write ``manifest`` where :func:`~same_defense.core.manifest.read_manifest` finds it."""
+    path = Path(manifest_path(repository))
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path
-
-
-def read_manifest(repository: Path) -> dict:
-    path = Path(repository) / "defense" / "1" / MANIFEST_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: build the repository first (make repository)")
-    return json.loads(path.read_text())
-
-
-def read_model_config(model_dir: Path):
-    """Parse ``model_dir/config.pbtxt`` with Triton's own ModelConfig protobuf."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    config = model_config_pb2.ModelConfig()
-    text_format.Parse((Path(model_dir) / "config.pbtxt").read_text(), config)
-    return config

@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..models import SHADOW_ONLY_ARCHITECTURES, VICTIM_ARCHITECTURES
+from ..models import PRESETS, SHADOW_ONLY_ARCHITECTURES, VICTIM_ARCHITECTURES
 from .victim_spec import CHANNEL_ORDERS, LAYOUTS, OUTPUT_KINDS, Preprocessing, VictimOptions
 
 SHADOW_CHOICES = ("auto", *VICTIM_ARCHITECTURES, *SHADOW_ONLY_ARCHITECTURES)
-# `--shadow-arch auto` for a trained victim at these MAE presets: the smaller shadow.
+# `--shadow-arch auto` for a trained victim at a preset with `small_shadow`: the smaller shadow.
 SMALL_SHADOW = {"cnn3": "cnn3-small"}
-SMALL_SHADOW_PRESETS = frozenset({"cpu-lite"})
 
 
 def parse_channel_values(text: str) -> tuple[float, ...]:
@@ -173,7 +172,7 @@ def choose_shadow_architecture(
     ``auto`` picks the cheapest shadow that measurement supports (:func:`shadow_reason` says
     why): the quarter-width cnn3-small, measured by `make variants` to score as well as the
     full-width shadows for a fraction of the cost (docs/performance.md), for a provided
-    victim at every CPU preset and for a trained cnn3 at SMALL_SHADOW_PRESETS. A trained
+    victim at every CPU preset and for a trained cnn3 at a ``small_shadow`` preset. A trained
     victim otherwise keeps the paper's choice (the victim's architecture), as does the paper
     preset. Images under 8x8 (three 2x poolings would leave nothing) get resnet18.
     """
@@ -181,7 +180,7 @@ def choose_shadow_architecture(
         return requested
     fits_cnn3 = min(shape[1:]) >= 8
     if victim_architecture in VICTIM_ARCHITECTURES:
-        if preset in SMALL_SHADOW_PRESETS:
+        if preset in PRESETS and PRESETS[preset].small_shadow:
             return SMALL_SHADOW.get(victim_architecture, victim_architecture)
         return victim_architecture
     if preset == "paper":

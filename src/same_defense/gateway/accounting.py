@@ -21,8 +21,9 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 from ..accounts import KeyStore, sample_hashes
-from ..core.accounts import ACCOUNT_OUTPUT, ACCOUNT_OUTPUT_WIDTH, ACCOUNT_PARAMETER
+from ..core.accounts import ACCOUNT_OUTPUT_WIDTH
 from ..core.decision import as_tier
+from ..core.layout import ACCOUNT_OUTPUT, ACCOUNT_PARAMETER
 
 AUTH_HEADER = "authorization"
 BEARER = "bearer "

@@ -2,14 +2,15 @@
 
     same-gateway --listen 0.0.0.0:8001 --http-listen 0.0.0.0:8000 \\
         --upstream 127.0.0.1:8101 --upstream-key same-gateway-key=SECRET \\
-        --manifest model_repository/defense/1/same_calibration.json \\
+        --manifest model_repository/defense/1/MANIFEST \\
         --keys accounts/keys.json --redis redis://127.0.0.1:6379/0
 
 Public gRPC on ``--listen`` and KServe v2 HTTP/REST on ``--http-listen`` (same rules on
 both; ``--no-http`` for gRPC only). The gateway reaches Triton over gRPC only: run Triton with
 ``--allow-http=false`` (or ``--http-restricted-api`` with the key). ``--upstream-key`` when
-Triton runs ``--grpc-restricted-protocol``; ``--manifest`` turns the account-level defense on
-(its calibration); ``--redis`` shares account state between gateways.
+Triton runs ``--grpc-restricted-protocol``; ``--manifest`` (the repository's manifest,
+``core.layout.MANIFEST_FILE``) turns the account-level defense on (its calibration);
+``--redis`` shares account state between gateways.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import signal
 import sys
 from pathlib import Path
 
-from ..cli_errors import add_debug_argument, run_command, wants_debug
-from .options import add_account_arguments, options_from_args, read_manifest_file
+from ..cli_errors import CommandError, add_debug_argument, run_command, wants_debug
+from ..core.layout import MANIFEST_FILE
+from ..core.manifest import ManifestError, read_manifest_file
+from .options import add_account_arguments, options_from_args
 from .proxy import GatewayPolicy, GatewayServer
 
 
@@ -48,7 +51,7 @@ def _run(argv: list[str] | None) -> int:
         "--upstream-key",
         help="KEY=VALUE of Triton's --grpc-restricted-protocol (sent as triton-grpc-protocol-KEY)",
     )
-    p.add_argument("--manifest", type=Path, help="the repository's same_calibration.json")
+    p.add_argument("--manifest", type=Path, help=f"the repository's manifest ({MANIFEST_FILE})")
     p.add_argument("--metrics-port", type=int, help="gateway's Prometheus metrics port")
     p.add_argument(
         "--metrics-host",
@@ -67,7 +70,10 @@ def _run(argv: list[str] | None) -> int:
         header = (f"triton-grpc-protocol-{key}", value)
     policy = GatewayPolicy(frozenset(args.public_model or ["same"]), upstream_header=header)
     options = options_from_args(args)
-    manifest = read_manifest_file(args.manifest)
+    try:
+        manifest = read_manifest_file(args.manifest) if args.manifest else None
+    except ManifestError as exc:
+        raise CommandError(f"--manifest: {exc}") from None
     try:
         gateway = GatewayServer(
             args.listen,

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..accounts import AccountService, KeyStore, MemoryStore, RedisStore
+from ..accounts.admin import DEFAULT_ADMIN_LISTEN, DEFAULT_TOKEN_FILE
+from ..accounts.audit import DEFAULT_AUDIT_LOG, AuditLog
 from ..accounts.keys import DEFAULT_KEY_FILE
 from ..accounts.population import PopulationMonitor
 from ..accounts.service import FAIL_MODES
 from ..core.accounts import account_settings_from_manifest
 from .accounting import Authenticator, Throttle
-from .admin import DEFAULT_ADMIN_LISTEN, DEFAULT_TOKEN_FILE
-from .audit import DEFAULT_AUDIT_LOG, AuditLog
 from .proxy import AdminOptions
 from .rules import AccountRules
 
@@ -179,9 +178,3 @@ def options_from_args(args: argparse.Namespace) -> AccountOptions:
         link_accounts=not args.no_link_accounts,
         drift_monitor=not args.no_drift_monitor,
     )
-
-
-def read_manifest_file(path: Path | None) -> dict | None:
-    if path is None or not Path(path).exists():
-        return None
-    return json.loads(Path(path).read_text())

@@ -19,9 +19,9 @@ import grpc
 from tritonclient.grpc import service_pb2
 
 from ..accounts import AccountService
+from ..accounts.admin import DEFAULT_ADMIN_LISTEN, DEFAULT_TOKEN_FILE, AdminApi, AdminServer
+from ..accounts.audit import AuditLog, ExpiryWatch, key_changes
 from .accounting import Authenticator, Throttle
-from .admin import DEFAULT_ADMIN_LISTEN, DEFAULT_TOKEN_FILE, AdminApi, AdminServer
-from .audit import AuditLog, ExpiryWatch, key_changes
 from .metrics import GatewayMetrics
 from .rules import (
     MAX_MESSAGE_BYTES,

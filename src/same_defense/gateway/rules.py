@@ -22,7 +22,7 @@ from tritonclient.grpc import service_pb2
 
 from ..accounts import AccountService, AccountStateUnavailable
 from ..accounts.links import account_links, client_address
-from ..core.accounts import ACCOUNT_OUTPUT
+from ..core.layout import ACCOUNT_OUTPUT
 from .accounting import (
     Authenticator,
     InternalOutputRequested,

@@ -18,7 +18,8 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 from ..accounts import AccountService, KeyStore, MemoryStore, RedisStore
-from ..core.accounts import ACCOUNT_OUTPUT, ACCOUNT_OUTPUT_WIDTH, AccountSettings
+from ..core.accounts import ACCOUNT_OUTPUT_WIDTH, AccountSettings
+from ..core.layout import ACCOUNT_OUTPUT
 from ..gateway.accounting import Authenticator, finish_infer, prepare_infer
 
 

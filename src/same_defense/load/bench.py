@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ..accounts.local_redis import LocalRedis
+from ..core.manifest import is_built
 from ..serving.embedded import EmbeddedTriton, free_port
 from .account_cost import account_layer_cost
 from .bench_derive import derive, format_table, goals
@@ -137,7 +138,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def resnet18_pass(args: argparse.Namespace) -> dict:
     """``same`` and ``victim`` served from a ResNet-18 build, on the same batch sizes."""
-    if not (args.resnet18_repository / "defense" / "1" / "same_calibration.json").exists():
+    if not is_built(args.resnet18_repository):
         out = args.resnet18_repository.parent
         # One epoch on 1,000 images: a timing build (victim accuracy is near chance).
         cmd = [sys.executable, "-m", "same_defense.export.build", "--victim-arch", "resnet18"]

@@ -40,7 +40,7 @@ def triton_worker(url: str, model: str, timeout_s: float = 120.0, key: str | Non
 def in_process_workers(repository: Path, threads: int) -> dict[str, Callable[[], Worker]]:
     """Worker factories for the in-process targets; sessions are shared (onnxruntime's run is
     thread-safe and releases the GIL), as a server's instance would be."""
-    from ..serving.inprocess import InProcessSame
+    from ..runtime.inprocess import InProcessSame
 
     pipeline = InProcessSame(repository, threads=threads)
     victim = pipeline.graphs.victim

@@ -14,21 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.repository import (
-    DEFENSE_STEP_SOURCE,
-    ServingSettings,
-    core_source_dir,
-    read_manifest,
-    read_model_config,
-    refresh_defense_code,
-    write_configs,
-)
+from ..core.layout import CORE_COPY_DIR, DEFENSE, DEFENSE_STEP_FILE, RECONSTRUCTOR, VICTIM
+from ..core.manifest import is_built, read_manifest
+from ..export.model_configs import ServingSettings, write_configs
+from ..export.repository import DEFENSE_STEP_SOURCE, core_source_dir, refresh_defense_code
+from ..runtime.inprocess import read_model_config
 
 log = logging.getLogger("same.load")
 
 # The checkout's own locustfile, relative to where `make` runs (the project root).
 DEFAULT_LOCUSTFILE = Path("loadtest/locustfile.py")
-MODELS = ("victim", "reconstructor", "defense")
+MODELS = (VICTIM, RECONSTRUCTOR, DEFENSE)
 
 
 def locustfile(path: Path | None = None) -> Path:
@@ -56,8 +52,8 @@ def exit_on_sigterm() -> None:
 
 
 def _defense_code_is_current(repository: Path) -> bool:
-    step = repository / "defense" / "1" / "model.py"
-    bundled = repository / "defense" / "1" / "same_core"
+    step = repository / DEFENSE_STEP_FILE
+    bundled = repository / CORE_COPY_DIR
     if not step.exists() or not filecmp.cmp(step, DEFENSE_STEP_SOURCE, shallow=False):
         return False
     names = [p.name for p in core_source_dir().glob("*.py")]
@@ -71,11 +67,10 @@ def ensure_repository(repository: Path) -> dict:
     A built repository is left as it is unless its defense code is stale; rewriting it when
     nothing changed would disturb anyone else serving the same folder.
     """
-    manifest_path = repository / "defense" / "1" / "same_calibration.json"
-    if not manifest_path.exists():
+    if not is_built(repository):
         from ..export.build import main as build_main
 
-        log.warning("== %s is missing: building the repository", manifest_path)
+        log.warning("== %s is not built: building it", repository)
         build_main(["--repository", str(repository)])
     elif not _defense_code_is_current(repository):
         refresh_defense_code(repository)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ..accounts import KeyStore
-from ..core.manifest import MANIFEST_NAME
+from ..core.manifest import manifest_path
 from ..serving.embedded import free_port
 
 
@@ -27,12 +27,12 @@ class GatewayProcess:
     ) -> None:
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
-        manifest = Path(repository) / "defense" / "1" / MANIFEST_NAME
+        manifest = manifest_path(repository)
         self.command = [sys.executable, "-m", "same_defense.gateway.cli", "--listen", self.url]
         self.command += ["--upstream", upstream, "--keys", str(keys_file)]
         # The benchmark speaks gRPC: no public HTTP port (the default 0.0.0.0:8000 would
         # collide with a second gateway or anything else on the machine).
-        self.command += ["--manifest", str(manifest), "--no-http"]
+        self.command += ["--manifest", manifest, "--no-http"]
         # Nor the operator's admin API and audit trail: their default loopback port and file
         # are one per host, and a harness may run several gateways at once.
         self.command += ["--no-admin", "--no-audit-log"]

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.repository import ONNX_FILES, ServingSettings, read_manifest, render_configs
+from ..core.layout import ONNX_FILES
+from ..core.manifest import read_manifest
+from ..export.model_configs import ServingSettings, render_configs
 
 GPU_OVERRIDE = "instance_kind=KIND_GPU"
 
@@ -130,7 +132,7 @@ def check_cuda(device: str) -> dict:
     import onnxruntime as ort
     import torch
 
-    from ..serving.inprocess import providers_for
+    from ..runtime.inprocess import providers_for
     from ..train.device import resolve_device
 
     resolve_device(device)  # DeviceUnavailable: CPU-only torch or no GPU
@@ -149,7 +151,7 @@ def parity(repository: Path, device: str, limit: int = 2048) -> dict:
     from ..core import defend
     from ..core.manifest import settings_from_manifest
     from ..data import splits_from_manifest
-    from ..serving.inprocess import GraphRunner
+    from ..runtime.inprocess import GraphRunner
 
     manifest = read_manifest(repository)
     images = splits_from_manifest(manifest).test.images[:limit]

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..accounts.local_redis import LocalRedis
-from ..core.manifest import MANIFEST_NAME
-from ..gateway.deployment import KEY_HEADER
+from ..core.manifest import manifest_path
+from ..serving.deployment import KEY_HEADER
 from ..serving.embedded import EmbeddedTriton, free_port
 from .balancer import Nginx, Tier
 
@@ -179,7 +179,7 @@ class Cluster:
 
     @property
     def manifest(self) -> Path:
-        return Path(self.repository) / "defense" / "1" / MANIFEST_NAME
+        return Path(manifest_path(self.repository))
 
     def start(self, timeout_s: float = 180.0) -> Cluster:
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,8 @@ import numpy as np
 import psutil
 
 from ..accounts import KeyStore
-from ..gateway.deployment import ProtectedService
 from ..gateway.options import AccountOptions
+from ..serving.deployment import ProtectedService
 from ..serving.embedded import free_port
 from ..serving.metrics import read_defense_counters
 from .common import add_locustfile_argument, ensure_repository, exit_on_sigterm, load_test_data

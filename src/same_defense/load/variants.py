@@ -35,8 +35,9 @@ import numpy as np
 import onnxruntime as ort
 
 from ..core.accounts import AccountSettings, account_settings_from_manifest
+from ..core.layout import ONNX_FILES
+from ..core.manifest import read_manifest
 from ..export.onnx_export import RECONSTRUCTOR_VARIANTS, reconstructor_variant
-from ..export.repository import ONNX_FILES, read_manifest
 from ..reporting.cost import delays
 
 log = logging.getLogger("same.variants")

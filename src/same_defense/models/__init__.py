@@ -1,12 +1,14 @@
 """PyTorch networks: the victim classifier, SAME's masked autoencoder and the export wrapper."""
 
-from .mae import DEFAULT_PRESET, MAE_PRESETS, MaeConfig, MaskedAutoencoder, fit_to_shape
+from .mae import MaeConfig, MaskedAutoencoder, fit_to_shape
+from .presets import DEFAULT_PRESET, PRESETS, Preset
 from .reconstructor import ReconstructorGraph
 from .victim import SHADOW_ONLY_ARCHITECTURES, VICTIM_ARCHITECTURES, build_classifier
 
 __all__ = [
     "DEFAULT_PRESET",
-    "MAE_PRESETS",
+    "PRESETS",
+    "Preset",
     "SHADOW_ONLY_ARCHITECTURES",
     "VICTIM_ARCHITECTURES",
     "MaeConfig",

@@ -29,49 +29,6 @@ class MaeConfig:
         return asdict(self)
 
 
-# The build's default, chosen by `make variants` (issue 10, docs/performance.md): `cpu-lite`
-# (with the cnn3-small shadow for a cnn3 victim) costs about a third of `cpu`'s CPU per image,
-# and its per-query AUROC, averaged over training runs, is within 0.005 of cpu's on every
-# attack of `make evaluate` or above it. Both designs vary by a few points between runs.
-DEFAULT_PRESET = "cpu-lite"
-
-MAE_PRESETS = {
-    # The default until issue 10 (4 + 2 blocks, width 96); its MAE trains in ~3 min on 2 cores.
-    "cpu": MaeConfig(),
-    # The authors' sizes (patch 2, 192-wide, 12x3 encoder, 4x3 decoder); GPU-sized.
-    "paper": MaeConfig(
-        patch=2,
-        embed=192,
-        depth=12,
-        heads=3,
-        decoder_embed=192,
-        decoder_depth=4,
-        decoder_heads=3,
-        mlp_ratio=4.0,
-    ),
-    # The CIFAR-10 setting on CPU: the cpu MAE (patch 4: 64 patches at 32x32) with more
-    # epochs for the harder data (see EPOCHS in export/build.py); the paper preset is GPU-sized.
-    "cifar-cpu": MaeConfig(),
-    # Cheaper scoring on CPU (issue 10; `make variants` measures cost and AUROC of each).
-    # Patch 7: 16 tokens at 28x28 instead of 49, so attention and MLPs do about a third of
-    # the work; same widths and depths as cpu.
-    "cpu-p7": MaeConfig(patch=7),
-    # Patch 7, and a narrower, shallower ViT (2 + 1 blocks of width 64).
-    "cpu-p7-lite": MaeConfig(patch=7, embed=64, depth=2, decoder_depth=1),
-    # Patch 4 as cpu (49 tokens), but 2 + 1 blocks of width 64; with a cnn3 victim the shadow
-    # is cnn3-small (export.victim_cli.SMALL_SHADOW_PRESETS). The default (DEFAULT_PRESET).
-    "cpu-lite": MaeConfig(embed=64, depth=2, decoder_depth=1),
-    # Patch 4, 1 + 1 blocks of width 32: where the small end of the patch-4 family stands.
-    "cpu-mini": MaeConfig(
-        embed=32, depth=1, heads=2, decoder_embed=32, decoder_depth=1, decoder_heads=2
-    ),
-    # For tests: trains in seconds.
-    "tiny": MaeConfig(
-        patch=7, embed=32, depth=1, heads=2, decoder_embed=32, decoder_depth=1, decoder_heads=2
-    ),
-}
-
-
 def fit_to_shape(config: MaeConfig, in_shape: tuple[int, int, int]) -> MaeConfig:
     """``config`` with the patch size nearest its own that divides both image sides (a preset
     tuned at 28x28 uses patch 7; at 32x32 the nearest is 8)."""

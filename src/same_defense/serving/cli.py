@@ -20,7 +20,8 @@ import threading
 from pathlib import Path
 
 from ..cli_errors import CommandError, add_debug_argument, run_command, wants_debug
-from ..core.manifest import MANIFEST_NAME
+from ..core.layout import CONFIG_NAME, ENSEMBLE
+from ..core.manifest import is_built
 from ..gateway.options import add_account_arguments, options_from_args
 from .embedded import EmbeddedTriton, ServerError
 
@@ -63,9 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check_repository(repository: Path) -> None:
     """CommandError naming both fixes when ``repository`` holds no built ``same`` ensemble."""
-    built = (repository / "same" / "config.pbtxt").exists() and (
-        repository / "defense" / "1" / MANIFEST_NAME
-    ).exists()
+    built = (repository / ENSEMBLE / CONFIG_NAME).exists() and is_built(repository)
     if not built:
         raise CommandError(
             f"no built model repository at {repository}: point --repository at one, or build "
@@ -95,7 +94,7 @@ def serve(args: argparse.Namespace) -> int:
             host=args.host,
         )
     else:
-        from ..gateway.deployment import ProtectedService
+        from ..serving.deployment import ProtectedService
 
         service = ProtectedService(
             args.repository,

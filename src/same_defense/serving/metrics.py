@@ -5,9 +5,9 @@ from __future__ import annotations
 import urllib.request
 from dataclasses import dataclass
 
-SCORED = "same_queries_scored_total"
-FLAGGED = "same_queries_flagged_total"
-INVALID = "same_requests_invalid_total"
+from ..core.layout import FLAGGED_METRIC as FLAGGED
+from ..core.layout import INVALID_METRIC as INVALID
+from ..core.layout import SCORED_METRIC as SCORED
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from same_core import (  # noqa: E402  (needs the path above)
     ACCOUNT_OUTPUT,
     ACCOUNT_PARAMETER,
-    MANIFEST_NAME,
+    DEFAULT_POLICY,
+    DEFENSE_INPUTS,
+    FLAGGED_METRIC,
+    FORCED_METRIC,
+    INVALID_METRIC,
+    LABEL,
     METRICS_FLUSH_S,
+    PROBS,
+    SCORE_METRIC,
+    SCORED_METRIC,
     TIERS,
     DefenseCounts,
     DefenseSettings,
@@ -37,8 +45,6 @@ from same_core import (  # noqa: E402  (needs the path above)
     score_buckets,
     settings_from_manifest,
 )
-
-INPUTS = ("LOGITS", "RECON_ERROR", "SHADOW_LOGITS", "INPUT_STATS")
 
 
 def _account_tier(request) -> str:
@@ -65,32 +71,34 @@ class _Metrics:
         labels = {"model": model_name, "policy": settings.policy}
         self._families = []  # families must outlive their metrics
         self.scored = self._counter(
-            "same_queries_scored_total", "Queries scored by the SAME defense step", labels
+            SCORED_METRIC, "Queries scored by the SAME defense step", labels
         )
         self.flagged = self._counter(
-            "same_queries_flagged_total",
+            FLAGGED_METRIC,
             "Queries whose SAME score exceeded the calibrated threshold",
             labels,
         )
         self.invalid = self._counter(
-            "same_requests_invalid_total",
+            INVALID_METRIC,
             "Requests refused for invalid input (NaN/Inf or out-of-range pixels)",
             labels,
         )
         self.forced = self._counter(
-            "same_queries_suspected_account_total",
+            FORCED_METRIC,
             "Queries from accounts under suspicion, all answered with the policy",
             labels,
         )
         about = f"SAME scores (threshold = {settings.threshold:.6g})"
         self.pending = DefenseCounts(score_buckets(settings.threshold))
-        bucket_family = self._family("same_score_bucket", f"{about}: cumulative buckets")
+        bucket_family = self._family(f"{SCORE_METRIC}_bucket", f"{about}: cumulative buckets")
         self.buckets = [
             bucket_family.Metric(labels={**labels, "le": le})
             for le, _ in self.pending.cumulative_buckets()
         ]
-        self.score_sum = self._family("same_score_sum", f"{about}: sum").Metric(labels=labels)
-        self.score_count = self._family("same_score_count", f"{about}: count").Metric(labels=labels)
+        self.score_sum = self._family(f"{SCORE_METRIC}_sum", f"{about}: sum").Metric(labels=labels)
+        self.score_count = self._family(f"{SCORE_METRIC}_count", f"{about}: count").Metric(
+            labels=labels
+        )
         self._last_flush = time.monotonic()
 
     def _family(self, name, description):
@@ -141,12 +149,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         model_dir = args["model_repository"]
-        version_dir = os.path.join(model_dir, args["model_version"])
-        manifest = load_verified_manifest(
-            repository_root=os.path.dirname(model_dir),
-            manifest_path=os.path.join(version_dir, MANIFEST_NAME),
-        )
-        policy = params.pop("policy", "misinformation")
+        manifest = load_verified_manifest(os.path.dirname(model_dir))
+        policy = params.pop("policy", DEFAULT_POLICY)
         self.settings: DefenseSettings = settings_from_manifest(manifest, policy, params)
         self.metrics = _Metrics(config["name"], self.settings)
         pb_utils.Logger.log_info(
@@ -158,7 +162,9 @@ class TritonPythonModel:
         # Dynamic batching hands over several requests: the core checks each one and scores
         # the valid ones in one vectorised call per account state (normal, suspected).
         arrays = [
-            GraphArrays(*(pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in INPUTS))
+            GraphArrays(
+                *(pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in DEFENSE_INPUTS)
+            )
             for r in requests
         ]
         forced = [_account_tier(r) for r in requests]
@@ -174,8 +180,8 @@ class TritonPythonModel:
             error = pb_utils.TritonError(str(result), pb_utils.TritonError.INVALID_ARG)
             return pb_utils.InferenceResponse(error=error)
         outputs = [
-            pb_utils.Tensor("PROBS", result.probs),
-            pb_utils.Tensor("LABEL", result.labels[:, None]),
+            pb_utils.Tensor(PROBS, result.probs),
+            pb_utils.Tensor(LABEL, result.labels[:, None]),
             pb_utils.Tensor(ACCOUNT_OUTPUT, result.evidence().astype(np.float32)),
         ]
         return pb_utils.InferenceResponse(output_tensors=outputs)

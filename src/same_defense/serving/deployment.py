@@ -16,10 +16,10 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.manifest import MANIFEST_NAME
-from ..serving.embedded import EmbeddedTriton, free_port
-from .options import AccountOptions, read_manifest_file
-from .proxy import GatewayPolicy, GatewayServer
+from ..core.manifest import read_manifest
+from ..gateway.options import AccountOptions
+from ..gateway.proxy import GatewayPolicy, GatewayServer
+from .embedded import EmbeddedTriton, free_port
 
 KEY_HEADER = "same-gateway-key"
 
@@ -74,7 +74,7 @@ class ProtectedService:
             policy = GatewayPolicy(upstream_header=header)
             listen = f"{self.public_host}:{self.public_port}"
             http = None if self.http_port is None else f"{self.public_host}:{self.http_port}"
-            manifest = read_manifest_file(self.repository / "defense" / "1" / MANIFEST_NAME)
+            manifest = read_manifest(self.repository)
             self.gateway = GatewayServer(
                 listen,
                 self.triton.grpc_url,

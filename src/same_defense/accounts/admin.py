@@ -37,15 +37,16 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ..accounts import AccountService, KeyStore, KeyStoreError, StoreUnavailable
-from ..accounts.keys import ACCOUNT_NAME
 from .audit import AuditLog
+from .keys import ACCOUNT_NAME, KeyStore, KeyStoreError
+from .service import AccountService
+from .store import StoreUnavailable
 
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:8004"
 DEFAULT_TOKEN_FILE = Path("accounts/admin-token")
 _ACCOUNT_PATH = re.compile(r"^/v1/accounts/([^/]+)(?:/(clear|confirm|revoke))?$")
 
-log = logging.getLogger("same.gateway.admin")
+log = logging.getLogger("same.accounts.admin")
 
 
 class AdminError(Exception):

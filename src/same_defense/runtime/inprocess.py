@@ -4,23 +4,22 @@ same defense code as the Triton step. For calibration, fast offline sweeps and b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from ..core import Decision, DefenseSettings, GraphArrays, InvalidInput, defend_requests
+from ..core.layout import (
+    CONFIG_NAME,
+    DEFAULT_POLICY,
+    DEFENSE,
+    IMAGE,
+    ONNX_FILES,
+    RECONSTRUCTOR,
+    VICTIM,
+)
 from ..core.manifest import load_verified_manifest, settings_from_manifest
-from ..export.repository import MANIFEST_NAME, ONNX_FILES, read_model_config
-
-
-@dataclass(frozen=True)
-class GraphOutputs:
-    logits: np.ndarray  # [N, C]
-    recon_error: np.ndarray  # [N, 1]
-    shadow_logits: np.ndarray  # [N, C]
-    input_stats: np.ndarray  # [N, 3]
 
 
 def providers_for(device: str) -> list:
@@ -62,14 +61,16 @@ class GraphRunner:
         self.victim = open_session(victim_onnx, options, device)
         self.reconstructor = open_session(reconstructor_onnx, options, device)
 
-    def run(self, images: np.ndarray, batch_size: int = 256) -> GraphOutputs:
+    def run(self, images: np.ndarray, batch_size: int = 256) -> GraphArrays:
+        """What the defense step receives for ``images``: the victim's logits and the
+        reconstructor's three outputs, in batches of ``batch_size``."""
         parts: list[list[np.ndarray]] = [[], [], [], []]
         for i in range(0, len(images), batch_size):
             x = np.ascontiguousarray(images[i : i + batch_size], dtype=np.float32)
-            parts[0].append(self.victim.run(None, {"IMAGE": x})[0])
-            for k, out in enumerate(self.reconstructor.run(None, {"IMAGE": x}), start=1):
+            parts[0].append(self.victim.run(None, {IMAGE: x})[0])
+            for k, out in enumerate(self.reconstructor.run(None, {IMAGE: x}), start=1):
                 parts[k].append(out)
-        return GraphOutputs(*(np.concatenate(p) for p in parts))
+        return GraphArrays(*(np.concatenate(p) for p in parts))
 
 
 class InProcessSame:
@@ -77,27 +78,38 @@ class InProcessSame:
 
     def __init__(self, repository: Path, policy: str | None = None, threads: int = 0) -> None:
         repository = Path(repository)
-        manifest = load_verified_manifest(
-            str(repository), str(repository / "defense" / "1" / MANIFEST_NAME)
-        )
-        params = {
-            k: v.string_value
-            for k, v in read_model_config(repository / "defense").parameters.items()
-        }
-        chosen = policy or params.pop("policy", "misinformation")
-        params.pop("policy", None)
+        manifest = load_verified_manifest(repository)
+        served, params = defense_parameters(repository)
         self.manifest = manifest
-        self.settings: DefenseSettings = settings_from_manifest(manifest, chosen, params)
+        self.settings: DefenseSettings = settings_from_manifest(manifest, policy or served, params)
         self.graphs = GraphRunner(
-            repository / ONNX_FILES["victim"], repository / ONNX_FILES["reconstructor"], threads
+            repository / ONNX_FILES[VICTIM], repository / ONNX_FILES[RECONSTRUCTOR], threads
         )
 
     def infer(self, images: np.ndarray, suspected: bool | str = False) -> Decision:
         """The served answer to ``images``, through the same core entry as the Triton step
         (``suspected``: the account's tier, see :func:`~same_defense.core.as_tier`)."""
-        out = self.graphs.run(images)
-        arrays = GraphArrays(out.logits, out.recon_error, out.shadow_logits, out.input_stats)
-        (result,) = defend_requests([arrays], self.settings, [suspected])
+        (result,) = defend_requests([self.graphs.run(images)], self.settings, [suspected])
         if isinstance(result, InvalidInput):
             raise result
         return result
+
+
+def read_model_config(model_dir: Path):
+    """Parse ``model_dir/config.pbtxt`` with Triton's own ModelConfig protobuf."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse((Path(model_dir) / CONFIG_NAME).read_text(), config)
+    return config
+
+
+def defense_parameters(repository: Path) -> tuple[str, dict[str, str]]:
+    """The policy the repository's defense step serves and its other config parameters, read
+    as the Triton step reads them (unset policy: the contract's default)."""
+    params = {
+        k: v.string_value
+        for k, v in read_model_config(Path(repository) / DEFENSE).parameters.items()
+    }
+    return params.pop("policy", DEFAULT_POLICY), params

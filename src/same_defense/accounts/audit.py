@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ..accounts.store import AccountStore, Update
 from ..core.accounts import AccountSettings, AccountState
+from .store import AccountStore, Update
 
 DEFAULT_AUDIT_LOG = Path("logs/audit.jsonl")
 AUDIT_STREAM = "same:audit"
