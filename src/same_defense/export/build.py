@@ -8,10 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +24,7 @@ from . import build_args
 from .build_plan import PlanInputs, StageEstimate, estimate_plan, format_seconds, plan_lines
 from .build_stages import (
     BuildData,
+    BuildReport,
     build_record,
     calibrate_stage,
     data_stage,
@@ -41,32 +38,6 @@ from .calibration import calibrate
 from .repository import refresh_defense_code, write_manifest
 from .victim_cli import choose_shadow_architecture, shadow_reason, victim_options
 from .victim_spec import PreparedVictim
-
-
-@dataclass
-class BuildReport:
-    """Stage times and figures of a build; prints the stage lines a person reads."""
-
-    stages_s: dict[str, float] = field(default_factory=dict)
-    figures: dict[str, float | int | str] = field(default_factory=dict)
-    estimates: dict[str, StageEstimate] = field(default_factory=dict)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        # One line per stage with its estimate, also with --quiet: the line a person
-        # watching a five-minute stage needs (the progress bars are the detail).
-        estimate = self.estimates.get(name)
-        when = f" (~ {format_seconds(estimate.seconds)})" if estimate and estimate.seconds else ""
-        what = f": {estimate.what}" if estimate else ""
-        print(f"== {name}{when}{what}", flush=True)
-        start = time.perf_counter()
-        yield
-        self.stages_s[name] = round(time.perf_counter() - start, 2)
-        print(f"   {name} took {self.stages_s[name]:.1f}s", flush=True)
-
-    def say(self, line: str) -> None:
-        """Print a line of a stage (the stages in ``build_stages`` print nothing themselves)."""
-        print(line, flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,14 +1,16 @@
 """The stages of ``same-build`` (``same_defense.export.build``): data, victim, MAE, shadow, ONNX
 export and check, calibration, repository. Each takes and returns plain values; the stage
-lines they print go through the command line's ``BuildReport.say``.
+lines they print go through :meth:`BuildReport.say`, and :meth:`BuildReport.stage` times them.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from ..models import (
 )
 from ..runtime.inprocess import GraphRunner
 from ..train import TrainConfig, train_classifier, train_mae, train_shadow
+from .build_plan import StageEstimate, format_seconds
 from .calibration import calibrate
 from .model_configs import ServingSettings
 from .onnx_export import RECONSTRUCTOR_IO, export_onnx, max_abs_difference, reconstructor_variant
@@ -42,10 +45,33 @@ from .victim_import import (
     warn_if_near_chance,
 )
 
-if TYPE_CHECKING:
-    from .build import BuildReport
-
 ONNX_TOLERANCE = 1e-3
+
+
+@dataclass
+class BuildReport:
+    """Stage times and figures of a build; prints the stage lines a person reads."""
+
+    stages_s: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, float | int | str] = field(default_factory=dict)
+    estimates: dict[str, StageEstimate] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        # One line per stage with its estimate, also with --quiet: the line a person
+        # watching a five-minute stage needs (the progress bars are the detail).
+        estimate = self.estimates.get(name)
+        when = f" (~ {format_seconds(estimate.seconds)})" if estimate and estimate.seconds else ""
+        what = f": {estimate.what}" if estimate else ""
+        print(f"== {name}{when}{what}", flush=True)
+        start = time.perf_counter()
+        yield
+        self.stages_s[name] = round(time.perf_counter() - start, 2)
+        print(f"   {name} took {self.stages_s[name]:.1f}s", flush=True)
+
+    def say(self, line: str) -> None:
+        """Print a line of a stage (the stages in ``build_stages`` print nothing themselves)."""
+        print(line, flush=True)
 
 
 @dataclass(frozen=True)
