@@ -20,10 +20,10 @@ from same_defense.deploy.cli import main as deploy_main
 from same_defense.export.build import main as build_main
 from same_defense.export.build import parse_args, refuse_overwrite
 from same_defense.export.build_plan import format_seconds
-from same_defense.export.victim_checks import output_kind_problem
-from same_defense.export.victim_cli import shadow_reason
+from same_defense.export.victim.arguments import shadow_reason
+from same_defense.export.victim.checks import output_kind_problem
 from same_defense.gateway.cli import main as gateway_main
-from same_defense.gateway.rest_errors import http_message
+from same_defense.gateway.http.errors import http_message
 from same_defense.serving.cli import main as serve_main
 
 from .provided_victim import (

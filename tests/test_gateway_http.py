@@ -29,12 +29,12 @@ from same_defense.core.layout import ACCOUNT_OUTPUT
 from same_defense.core.manifest import read_manifest
 from same_defense.data import make_query_set
 from same_defense.gateway.accounting import Authenticator, Throttle
+from same_defense.gateway.http.codec import OutputPlan, infer_request, infer_response
+from same_defense.gateway.http.errors import RestError
+from same_defense.gateway.http.routes import route
+from same_defense.gateway.http.tensors import HEADER_LENGTH
 from same_defense.gateway.options import AccountOptions
 from same_defense.gateway.proxy import MAX_MESSAGE_BYTES, GatewayPolicy, GatewayServer
-from same_defense.gateway.rest_codec import OutputPlan, infer_request, infer_response
-from same_defense.gateway.rest_errors import RestError
-from same_defense.gateway.rest_routes import route
-from same_defense.gateway.rest_tensors import HEADER_LENGTH
 from same_defense.serving.deployment import ProtectedService
 from same_defense.serving.embedded import free_port
 

@@ -23,15 +23,11 @@ from same_defense.core.layout import MANIFEST_FILE
 from same_defense.core.manifest import ManifestError, load_verified_manifest, sha256_file
 from same_defense.export.build import main as build_main
 from same_defense.export.onnx_export import session
-from same_defense.export.victim_import import (
-    PROB_FLOOR,
-    Preprocessing,
-    chance_warning,
-    check_victim_graph,
-    choose_shadow_architecture,
-    load_onnx_model,
-    wrap_onnx_victim,
-)
+from same_defense.export.victim.arguments import choose_shadow_architecture
+from same_defense.export.victim.checks import chance_warning, check_victim_graph
+from same_defense.export.victim.onnx_io import load_onnx_model
+from same_defense.export.victim.onnx_wrap import wrap_onnx_victim
+from same_defense.export.victim.spec import PROB_FLOOR, Preprocessing
 from same_defense.gateway.options import AccountOptions
 from same_defense.runtime.inprocess import InProcessSame
 

@@ -36,8 +36,8 @@ from .build_stages import (
 )
 from .calibration import calibrate
 from .repository import refresh_defense_code, write_manifest
-from .victim_cli import choose_shadow_architecture, shadow_reason, victim_options
-from .victim_spec import PreparedVictim
+from .victim.arguments import choose_shadow_architecture, shadow_reason, victim_options
+from .victim.spec import PreparedVictim
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -13,7 +13,7 @@ from ..data import DATASET_CHOICES
 from ..models import DEFAULT_PRESET, PRESETS
 from ..train import SHADOW_RECIPES, DeviceUnavailable, resolve_device
 from .onnx_export import RECONSTRUCTOR_VARIANTS
-from .victim_import import add_victim_arguments, victim_arguments_problem
+from .victim.arguments import add_victim_arguments, victim_arguments_problem
 
 
 def build_parser(description: str | None) -> argparse.ArgumentParser:

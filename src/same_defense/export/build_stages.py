@@ -31,19 +31,18 @@ from .calibration import calibrate
 from .model_configs import ServingSettings
 from .onnx_export import RECONSTRUCTOR_IO, export_onnx, max_abs_difference, reconstructor_variant
 from .repository import write_repository
-from .victim_checks import chance_warning, output_kind_problem, suggest_preprocessing
-from .victim_import import (
-    PreparedVictim,
+from .victim.arguments import victim_options
+from .victim.checks import (
+    chance_warning,
     check_victim_graph,
-    export_torch_victim,
-    import_onnx_victim,
-    import_torch_victim,
-    load_state_dict,
-    trained_victim_source,
+    output_kind_problem,
+    suggest_preprocessing,
     victim_answers,
-    victim_options,
     warn_if_near_chance,
 )
+from .victim.onnx_wrap import import_onnx_victim
+from .victim.spec import PreparedVictim, trained_victim_source
+from .victim.torch_wrap import export_torch_victim, import_torch_victim, load_state_dict
 
 ONNX_TOLERANCE = 1e-3
 

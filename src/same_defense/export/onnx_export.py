@@ -11,9 +11,11 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from ..core.layout import IMAGE, INPUT_STATS, LOGITS, RECON_ERROR, SHADOW_LOGITS
+
 OPSET = 17
-VICTIM_IO = (["IMAGE"], ["LOGITS"])
-RECONSTRUCTOR_IO = (["IMAGE"], ["RECON_ERROR", "SHADOW_LOGITS", "INPUT_STATS"])
+VICTIM_IO = ([IMAGE], [LOGITS])
+RECONSTRUCTOR_IO = ([IMAGE], [RECON_ERROR, SHADOW_LOGITS, INPUT_STATS])
 
 
 def export_onnx(model: nn.Module, example: np.ndarray, path: Path, io: tuple[list, list]) -> Path:
@@ -77,7 +79,7 @@ class _CalibrationReader:
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         x = next(self._batches, None)
-        return None if x is None else {"IMAGE": x}
+        return None if x is None else {IMAGE: x}
 
 
 def reconstructor_variant(

@@ -2,7 +2,7 @@
 ``inference.GRPCInferenceService``.
 
 :class:`_Handler` hands every call of that service, as serialised bytes, to
-:class:`~.rules.GatewayCore` (the rules, shared with the HTTP front end in :mod:`.rest`) and
+:class:`~.rules.GatewayCore` (the rules, shared with the HTTP front end in :mod:`.http`) and
 turns a :class:`~.rules.GatewayError` into a gRPC abort. :class:`GatewayServer` wires the
 rules, both front ends and the metrics together; it is what :mod:`.cli` and :mod:`.deployment`
 start.
@@ -152,7 +152,7 @@ class GatewayServer:
             raise OSError(f"gateway cannot listen on {listen}")
         self.http = None
         if http_listen is not None:
-            from .rest import RestFrontEnd  # aiohttp: loaded only when HTTP is served
+            from .http.server import RestFrontEnd  # aiohttp: loaded only when HTTP is served
 
             try:
                 self.http = RestFrontEnd(self.core, http_listen, workers=workers)

@@ -1,5 +1,5 @@
 """The gateway's rules, once, for both front ends (gRPC in :mod:`.proxy`, KServe v2 HTTP in
-:mod:`.rest`).
+:mod:`.http`).
 
 Every call but liveness/readiness is authenticated first (:mod:`.accounting`); only health,
 server metadata and the model calls that name a public model pass; ``ModelInfer`` is parsed

@@ -94,7 +94,7 @@ def serve(args: argparse.Namespace) -> int:
             host=args.host,
         )
     else:
-        from ..serving.deployment import ProtectedService
+        from .deployment import ProtectedService
 
         service = ProtectedService(
             args.repository,

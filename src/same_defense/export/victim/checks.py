@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..data import ImageSet
-from .onnx_export import session
-from .victim_spec import IMAGE, LOGITS, Preprocessing, VictimOptions
+from ...core.layout import IMAGE, LOGITS
+from ...data import ImageSet
+from ..onnx_export import session
+from .spec import Preprocessing, VictimOptions
 
 log = logging.getLogger("same.build")
 
@@ -202,8 +203,8 @@ def suggest_preprocessing(
     """
     if options.kind != "onnx":
         return None
-    from .onnx_victim_checks import load_onnx_model
-    from .onnx_victim_wrap import wrap_onnx_victim
+    from .onnx_io import load_onnx_model
+    from .onnx_wrap import wrap_onnx_victim
 
     model = load_onnx_model(Path(options.onnx_path))
     images = np.ascontiguousarray(test.images[:256])

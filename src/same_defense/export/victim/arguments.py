@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..models import PRESETS, SHADOW_ONLY_ARCHITECTURES, VICTIM_ARCHITECTURES
-from .victim_spec import CHANNEL_ORDERS, LAYOUTS, OUTPUT_KINDS, Preprocessing, VictimOptions
+from ...models import PRESETS, SHADOW_ONLY_ARCHITECTURES, VICTIM_ARCHITECTURES
+from .spec import CHANNEL_ORDERS, LAYOUTS, OUTPUT_KINDS, Preprocessing, VictimOptions
 
 SHADOW_CHOICES = ("auto", *VICTIM_ARCHITECTURES, *SHADOW_ONLY_ARCHITECTURES)
 # `--shadow-arch auto` for a trained victim at a preset with `small_shadow`: the smaller shadow.

@@ -1,10 +1,10 @@
 """The gateway's KServe v2 HTTP/REST front end: the same rules as its gRPC side, for ``same``.
 
 A REST request is translated into the gRPC protobuf Triton's gRPC port takes and goes through
-:class:`~.rules.GatewayCore`, the one implementation of the rules (key, public models, the
+:class:`~..rules.GatewayCore`, the one implementation of the rules (key, public models, the
 account layer, throttle, metrics); the protobuf answer is translated back. This module is the
-aiohttp server; the paths are routed in :mod:`.rest_routes`, bodies translated in
-:mod:`.rest_codec` and tensors encoded in :mod:`.rest_tensors`. Served:
+aiohttp server; the paths are routed in :mod:`.routes`, bodies translated in
+:mod:`.codec` and tensors encoded in :mod:`.tensors`. Served:
 
 - ``GET /v2/health/live``, ``GET /v2/health/ready`` (no key), ``GET /v2`` (server metadata);
 - ``GET /v2/models/<m>[/versions/<v>]`` (metadata), ``.../ready``,
@@ -38,11 +38,11 @@ from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
-from .rest_codec import infer_request, infer_response, metadata_json, upstream_request
-from .rest_errors import HTTP_STATUS, RestError, http_message
-from .rest_routes import Route, route
-from .rest_tensors import HEADER_LENGTH
-from .rules import MAX_MESSAGE_BYTES, Caller, GatewayCore, GatewayError
+from ..rules import MAX_MESSAGE_BYTES, Caller, GatewayCore, GatewayError
+from .codec import infer_request, infer_response, metadata_json, upstream_request
+from .errors import HTTP_STATUS, RestError, http_message
+from .routes import Route, route
+from .tensors import HEADER_LENGTH
 
 log = logging.getLogger("same.gateway")
 

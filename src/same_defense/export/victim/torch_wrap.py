@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.manifest import sha256_file
-from .onnx_export import VICTIM_IO, export_onnx, max_abs_difference
-from .victim_spec import PROB_FLOOR, PreparedVictim, Preprocessing, VictimOptions
+from ...core.manifest import sha256_file
+from ..onnx_export import VICTIM_IO, export_onnx, max_abs_difference
+from .spec import PROB_FLOOR, PreparedVictim, Preprocessing, VictimOptions
 
 
 class PreprocessedClassifier(nn.Module):

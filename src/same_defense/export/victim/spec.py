@@ -14,10 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.manifest import sha256_file
-from .onnx_export import VICTIM_IO
+from ...core.manifest import sha256_file
 
-IMAGE, LOGITS = VICTIM_IO[0][0], VICTIM_IO[1][0]
 CHANNEL_ORDERS = ("rgb", "bgr")
 LAYOUTS = ("nchw", "nhwc")
 OUTPUT_KINDS = ("logits", "probs")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from .rest_errors import RestError
+from .errors import RestError
 
 # Binary tensor extension: the length of the JSON part; binary tensor data follows it.
 HEADER_LENGTH = "Inference-Header-Content-Length"

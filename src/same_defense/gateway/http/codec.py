@@ -4,7 +4,7 @@ Triton take: inference requests and answers, metadata, and the requests of the o
 An inference request becomes the ``ModelInferRequest`` a gRPC client would send (all input
 data as raw bytes), so the rules and the defense see one form from both front ends. What only
 HTTP has (``binary_data_output``, ``binary_data``: how the answer is rendered) stays out of the
-protobuf, in an :class:`OutputPlan`. Anything malformed is a :class:`~.rest_errors.RestError`
+protobuf, in an :class:`OutputPlan`. Anything malformed is a :class:`~.errors.RestError`
 (400) before the rules or Triton see it.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 from tritonclient.grpc import service_pb2
 
-from .rest_errors import RestError
-from .rest_routes import Route
-from .rest_tensors import (
+from .errors import RestError
+from .routes import Route
+from .tensors import (
     DATATYPES,
     HEADER_LENGTH,
     json_tensor_bytes,

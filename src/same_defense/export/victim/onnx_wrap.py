@@ -12,13 +12,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..core.manifest import sha256_file
-from .onnx_export import session
+from ...core.layout import IMAGE, LOGITS
+from ...core.manifest import sha256_file
+from ..onnx_export import session
+from .onnx_io import choose_io, load_onnx_model
 from .onnx_names import FreshNames, rename_tensor, tensor_names
-from .onnx_victim_checks import choose_io, load_onnx_model
-from .victim_spec import (
-    IMAGE,
-    LOGITS,
+from .spec import (
     OUTPUT_KINDS,
     PROB_FLOOR,
     PreparedVictim,

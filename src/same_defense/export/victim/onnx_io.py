@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from .victim_spec import Preprocessing
+from .spec import Preprocessing
 
 # Our wrapper uses broadcasting Mul/Sub/Div (opset 7) and Max (opset 8).
 MIN_OPSET = 8
