@@ -18,11 +18,11 @@ install: $(STAMP)
 
 # torch is installed first and pinned: 2.13.0 is the CPU wheel this machine keeps on disk;
 # letting a resolver choose would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml harness/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev]" -e harness
 	touch $(STAMP)
 
 # apt-get install redis-server and nginx-light when missing (the tests start their own).
@@ -41,7 +41,7 @@ repository: $(STAMP)
 
 # Build if needed, serve, send benign and attack-like queries, write reports/demo.json.
 demo: $(STAMP)
-	$(PY) -m same_defense.demo
+	$(PY) -m same_harness.demo
 
 # Triton on loopback behind the public gateway (gRPC 8001, HTTP 8000); Ctrl-C stops it.
 serve: $(STAMP)
@@ -52,19 +52,19 @@ serve: $(STAMP)
 # (60 s each, same user mix); reports/loadtest/{summary.json,comparison.png,*.csv,*.html}.
 # Options: make loadtest LOADTEST_ARGS="--run-time 2m --users 40" (see --help).
 loadtest: $(STAMP)
-	$(PY) -m same_defense.load.loadtest $(LOADTEST_ARGS)
+	$(PY) -m same_harness.load.loadtest $(LOADTEST_ARGS)
 
 # 11-minute soak of the protected endpoint under benign and attacker load: reports/soak.json.
 # Build if needed; 11 min of Locust (benign + attacker users) against the protected endpoint
 # (gateway + Triton), sampling server/stub memory; reports/soak.json. SOAK_ARGS="..." as above.
 soak: $(STAMP)
-	$(PY) -m same_defense.load.soak $(SOAK_ARGS)
+	$(PY) -m same_harness.load.soak $(SOAK_ARGS)
 
 # Closed-loop throughput and latency of `same` against `victim`: reports/bench.json.
 # Build if needed; closed-loop benchmark (batch 1/8/64 x concurrency 1/4/16) of `same`,
 # `victim` and the same graphs in-process; reports/bench.json. BENCH_ARGS="..." as above.
 bench: $(STAMP)
-	$(PY) -m same_defense.load.bench $(BENCH_ARGS)
+	$(PY) -m same_harness.bench.run $(BENCH_ARGS)
 
 # Reconstructor variants, CPU cost, per-query AUROC and the account test's detection delay:
 # reports/variants.{json,md}. Candidates: onnxruntime optimisations, int8, MAE presets, the
@@ -72,13 +72,13 @@ bench: $(STAMP)
 # first (14 builds, 20 s to 4 min each on 2 cores: about 30 minutes in all, then about 8 to
 # measure). VARIANTS_ARGS="--baseline cpu" judges against the former default.
 variants: $(STAMP)
-	$(PY) -m same_defense.load.variants --build $(VARIANTS_ARGS)
+	$(PY) -m same_harness.bench.variants --build $(VARIANTS_ARGS)
 
 # The GPU path end to end on an NVIDIA machine: reports/gpu.json (untested here: no GPU).
 # Needs `pip install -e ".[gpu]"` and a CUDA build of torch 2.13.0. Paper preset trained with --device cuda, CUDA/CPU parity, `make bench` on KIND_GPU, a short
 # `make evaluate`; reports/gpu.json. Stops with the reason where there is no CUDA.
 gpu-check: $(STAMP)
-	$(PY) -m same_defense.load.gpu_check $(GPU_CHECK_ARGS)
+	$(PY) -m same_harness.bench.gpu_check $(GPU_CHECK_ARGS)
 
 # Attacks x defenses, account-level and shadow-recipe evaluations: reports/evaluation.* etc.
 # Every extraction attack (4,000 queries each) against every defense, probabilities and labels
@@ -88,16 +88,16 @@ gpu-check: $(STAMP)
 # reports/accounts.{json,md} + plots; and the shadow recipes' per-query AUROC:
 # reports/recipes.json. EVALUATE_ARGS="--quick" / ACCOUNTS_ARGS="--quick" for smoke runs.
 evaluate: $(STAMP)
-	$(PY) -m same_defense.evaluation.run $(EVALUATE_ARGS)
-	$(PY) -m same_defense.evaluation.accounts $(ACCOUNTS_ARGS)
-	$(PY) -m same_defense.evaluation.recipes
+	$(PY) -m same_harness.evaluation.run $(EVALUATE_ARGS)
+	$(PY) -m same_harness.evaluation.accounts $(ACCOUNTS_ARGS)
+	$(PY) -m same_harness.evaluation.recipes
 
 # Two Tritons and two gateways behind nginx, distributed Locust, faults: reports/cluster.json.
 # Build if needed; on loopback: Redis, 2 Tritons, 2 gateway processes, nginx in front of each
 # tier; distributed Locust (master + 2 workers) against it and against 1 Triton + 1 gateway;
 # kills a Triton and a gateway under load, freezes Redis; reports/cluster.json.
 cluster: $(STAMP) system-deps
-	$(PY) -m same_defense.load.cluster $(CLUSTER_ARGS)
+	$(PY) -m same_harness.cluster.run $(CLUSTER_ARGS)
 
 # Render the Kubernetes manifests (deploy/k8s/*.yaml) from the serving settings.
 deploy: $(STAMP)
@@ -105,7 +105,7 @@ deploy: $(STAMP)
 
 # docs/results.md and the README's headline table, from reports/*.json (run the targets first).
 docs: $(STAMP)
-	$(PY) -m same_defense.reporting.docs
+	$(PY) -m same_harness.docs
 
 # The whole test suite: real tritonserver, redis-server and nginx (installed if missing).
 test: $(STAMP) system-deps

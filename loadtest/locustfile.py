@@ -130,7 +130,7 @@ def _load_data(data_file: str, repository: str) -> dict[str, np.ndarray]:
     if data_file:
         with np.load(data_file) as npz:
             return {k: np.ascontiguousarray(npz[k]) for k in ("benign", "synthetic", "proxy")}
-    from same_defense.load.common import load_test_data
+    from same_harness.load.common import load_test_data
 
     manifest_path = Path(repository) / "defense" / "1" / "same_calibration.json"
     return load_test_data(json.loads(manifest_path.read_text()) if manifest_path.exists() else None)

@@ -7,11 +7,10 @@ import json
 
 import numpy as np
 import pytest
-
-from same_defense.data import load_dataset, make_query_set, split_dataset
-from same_defense.evaluation.account_population import AccountOracle, Dilution, account_service
-from same_defense.evaluation.accounts import main as accounts_main
-from same_defense.evaluation.honest_population import (
+from same_harness.data.queries import make_query_set
+from same_harness.evaluation.account_population import AccountOracle, Dilution, account_service
+from same_harness.evaluation.accounts import main as accounts_main
+from same_harness.evaluation.honest_population import (
     FEW_COPIES,
     HONEST_KINDS,
     answer_set,
@@ -19,6 +18,8 @@ from same_defense.evaluation.honest_population import (
     honest_requests,
     run_behaviours,
 )
+
+from same_defense.data import load_dataset, split_dataset
 from same_defense.runtime.inprocess import InProcessSame
 
 

@@ -12,6 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from same_harness.data.queries import make_query_set
 from tritonclient.utils import InferenceServerException
 
 from same_defense.accounts import KeyStore
@@ -20,9 +21,10 @@ from same_defense.client import SameClient, SameClientError
 from same_defense.core.accounts import ACCOUNT_OUTPUT_WIDTH
 from same_defense.core.layout import ACCOUNT_OUTPUT, ACCOUNT_PARAMETER
 from same_defense.core.manifest import read_manifest
-from same_defense.data import load_dataset, make_query_set, split_dataset
+from same_defense.data import load_dataset, split_dataset
 from same_defense.gateway.options import AccountOptions
-from same_defense.gateway.proxy import GatewayPolicy, GatewayServer
+from same_defense.gateway.proxy import GatewayServer
+from same_defense.gateway.rules import GatewayPolicy
 from same_defense.runtime.inprocess import InProcessSame
 from same_defense.serving.embedded import free_port
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from same_defense.attacks import (
+from same_harness.attacks import (
     Answer,
     BudgetExceeded,
     CloneConfig,
@@ -24,9 +23,11 @@ from same_defense.attacks import (
     training_targets,
     transfer_set,
 )
-from same_defense.attacks.base import extend_pool, shift_images
+from same_harness.attacks.base import extend_pool, shift_images
+from same_harness.data.queries import make_query_set
+
 from same_defense.core import Decision, softmax
-from same_defense.data import load_dataset, make_query_set, split_dataset
+from same_defense.data import load_dataset, split_dataset
 from same_defense.runtime.inprocess import InProcessSame
 
 SHAPE = (1, 28, 28)

@@ -39,8 +39,9 @@ def test_recalibration_adds_a_new_sources_images_without_retraining(tiny_reposit
     """After a drift alert: the new camera's images join the calibration; the graphs stay."""
     import shutil
 
+    from same_harness.data.shifts import apply_shift
+
     from same_defense.data import load_dataset, split_dataset
-    from same_defense.data.shifts import apply_shift
     from same_defense.export.build import main as build_main
     from same_defense.runtime.inprocess import InProcessSame
 

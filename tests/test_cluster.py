@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from same_harness.cluster.checks import classify, cross_path, outage_holds, redis_outage
+from same_harness.cluster.replicas import Cluster
+from same_harness.load.common import benign_images
 
 from same_defense.accounts import KeyStore, RedisStore
 from same_defense.core.manifest import read_manifest
-from same_defense.load.cluster_checks import classify, cross_path, outage_holds, redis_outage
-from same_defense.load.common import benign_images
-from same_defense.load.replicas import Cluster
 
 pytestmark = [pytest.mark.server, pytest.mark.redis]
 

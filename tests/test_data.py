@@ -6,8 +6,9 @@ import pickle
 import numpy as np
 import pytest
 from PIL import Image
+from same_harness.data.queries import make_query_set
 
-from same_defense.data import load_dataset, make_query_set, split_dataset
+from same_defense.data import load_dataset, split_dataset
 from same_defense.data.datasets import ImageSet, read_idx
 
 
@@ -104,7 +105,7 @@ def test_cifar100_loader_reads_fine_labels_and_names(tmp_path):
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 16, 24)])
 def test_conform_converts_channels_and_size(shape):
-    from same_defense.data.queries import conform
+    from same_harness.data.queries import conform
 
     rgb = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
     out = conform(rgb, shape)
@@ -115,7 +116,7 @@ def test_conform_converts_channels_and_size(shape):
 
 
 def test_cifar100_transfer_set_needs_its_files(tmp_path):
-    from same_defense.attacks import transfer_set, transfer_set_available
+    from same_harness.attacks import transfer_set, transfer_set_available
 
     from .tiny_rgb import write_cifar100
 

@@ -14,7 +14,8 @@ from same_defense.core.manifest import manifest_path
 from same_defense.deploy import DeploySettings, render
 from same_defense.deploy.cli import main as deploy_main
 from same_defense.deploy.cli import render_files
-from same_defense.deploy.render import gateway_args, triton_args
+from same_defense.deploy.gateway import gateway_args
+from same_defense.deploy.triton import triton_args
 from same_defense.export.model_configs import ServingSettings, render_configs
 from same_defense.serving.embedded import RESTRICTED_CATEGORIES
 

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
-from same_defense.reporting.cost import COST_BEGIN, COST_END
-from same_defense.reporting.docs import BEGIN, END, load_reports, results_page, splice_readme
+from same_harness.docs import BEGIN, END, load_reports, results_page, splice_readme
+from same_harness.reporting.cost import COST_BEGIN, COST_END
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO = {

@@ -8,9 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
-from same_defense.core import DefenseSettings, GraphArrays, apply_policy, defend, softmax
-from same_defense.evaluation import (
+from same_harness.evaluation import (
     CachedGraphs,
     DefendedPipeline,
     Prada,
@@ -24,7 +22,9 @@ from same_defense.evaluation import (
     max_softmax_score,
     running_mean,
 )
-from same_defense.evaluation.defenses import ClientState, calibrate_max_softmax_tau
+from same_harness.evaluation.defenses import ClientState, calibrate_max_softmax_tau
+
+from same_defense.core import DefenseSettings, GraphArrays, apply_policy, defend, softmax
 from same_defense.runtime.inprocess import InProcessSame
 
 # ----------------------------------------------------------------------------------- metrics
@@ -202,8 +202,9 @@ def test_cached_graphs_run_each_image_once_and_keep_order():
 
 
 def test_defended_pipeline_matches_the_served_code(tiny_repository):
+    from same_harness.data.queries import make_query_set
+
     from same_defense.core.manifest import load_verified_manifest, settings_from_manifest
-    from same_defense.data import make_query_set
 
     served = InProcessSame(tiny_repository, policy="misinformation")
     manifest = load_verified_manifest(tiny_repository)
@@ -228,7 +229,7 @@ def test_defended_pipeline_matches_the_served_code(tiny_repository):
 
 
 def test_tiny_matrix_writes_the_report(tiny_repository, tmp_path):
-    from same_defense.evaluation.run import main
+    from same_harness.evaluation.run import main
 
     out = tmp_path / "reports"
     main(
@@ -285,7 +286,7 @@ def test_tiny_matrix_writes_the_report(tiny_repository, tmp_path):
     assert "## Extraction" in md and "knockoff-digits8x8" in md
     for name in ("roc_noise.png", "hist_knockoff-digits8x8.png", "clone_vs_queries.png"):
         assert (out / name).stat().st_size > 1000
-    from same_defense.reporting.docs import load_reports, results_page
+    from same_harness.docs import load_reports, results_page
 
     page = results_page(load_reports(out))  # the docs page renders this report too
     assert "per-query AUROC, knockoff-digits8x8" in page and "### Extraction" in page

@@ -11,10 +11,10 @@ import numpy as np
 import psutil
 import pytest
 import tritonclient.grpc as grpcclient
+from same_harness.data.queries import make_query_set
 from tritonclient.utils import InferenceServerException
 
 from same_defense.client import SameClient, SameClientError
-from same_defense.data import make_query_set
 from same_defense.serving.embedded import EmbeddedTriton, ServerError, free_port
 from same_defense.serving.supervisor import stubs_by_model
 

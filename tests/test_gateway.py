@@ -6,12 +6,12 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from same_harness.data.queries import make_query_set
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from same_defense.accounts import KeyStore
 from same_defense.client import SameClient, SameClientError
-from same_defense.data import make_query_set
 from same_defense.gateway.options import AccountOptions
 
 from .servers import protected_service

@@ -21,20 +21,21 @@ import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from same_harness.data.queries import make_query_set
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from same_defense.accounts import KeyStore
 from same_defense.core.layout import ACCOUNT_OUTPUT
 from same_defense.core.manifest import read_manifest
-from same_defense.data import make_query_set
 from same_defense.gateway.accounting import Authenticator, Throttle
 from same_defense.gateway.http.codec import OutputPlan, infer_request, infer_response
 from same_defense.gateway.http.errors import RestError
 from same_defense.gateway.http.routes import route
 from same_defense.gateway.http.tensors import HEADER_LENGTH
 from same_defense.gateway.options import AccountOptions
-from same_defense.gateway.proxy import MAX_MESSAGE_BYTES, GatewayPolicy, GatewayServer
+from same_defense.gateway.proxy import GatewayServer
+from same_defense.gateway.rules import MAX_MESSAGE_BYTES, GatewayPolicy
 from same_defense.serving.deployment import ProtectedService
 from same_defense.serving.embedded import free_port
 

@@ -2,7 +2,7 @@
 
 from tritonclient.grpc import service_pb2
 
-from same_defense.gateway.proxy import GatewayPolicy
+from same_defense.gateway.rules import GatewayPolicy
 
 
 def _infer(model: str, batch: int = 1) -> bytes:

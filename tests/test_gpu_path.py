@@ -10,12 +10,12 @@ import onnxruntime as ort
 import pytest
 import torch
 from google.protobuf import text_format
+from same_harness.bench import gpu_check
+from same_harness.load.common import parse_overrides
 from tritonclient.grpc import model_config_pb2
 
 from same_defense.export import build
 from same_defense.export.model_configs import ServingSettings, render_configs
-from same_defense.load import gpu_check
-from same_defense.load.common import parse_overrides
 from same_defense.runtime.inprocess import providers_for
 from same_defense.serving.embedded import _BACKEND_SOURCE
 from same_defense.train import DeviceUnavailable, TrainConfig, resolve_device

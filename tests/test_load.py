@@ -7,10 +7,12 @@ import time
 
 import numpy as np
 import pytest
-
-from same_defense.load import bench, loadtest, loadtest_report
-from same_defense.load.common import parse_overrides
-from same_defense.load.stats import (
+from same_harness.bench import run as bench
+from same_harness.bench.closed_loop import closed_loop, make_batches
+from same_harness.bench.targets import TARGETS
+from same_harness.load import loadtest, loadtest_report
+from same_harness.load.common import parse_overrides
+from same_harness.load.stats import (
     cost_breakdown,
     gap_breakdown,
     latency_summary,
@@ -109,9 +111,9 @@ def test_closed_loop_counts_requests_in_the_window():
     def worker():
         return (lambda batch: time.sleep(0.002)), (lambda: None)
 
-    batches = bench.make_batches(np.zeros((10, 1, 4, 4), np.float32), 4)
+    batches = make_batches(np.zeros((10, 1, 4, 4), np.float32), 4)
     assert len(batches) == 2 and batches[0].shape == (4, 1, 4, 4)
-    r = bench.closed_loop(worker, batches, concurrency=3, warmup_s=0.05, duration_s=0.3)
+    r = closed_loop(worker, batches, concurrency=3, warmup_s=0.05, duration_s=0.3)
     assert r["requests"] > 0 and r["images"] == 4 * r["requests"]
     assert r["images_per_s"] > 0 and r["p50_ms"] >= 2.0
 
@@ -129,7 +131,7 @@ def test_closed_loop_counts_failed_requests_and_gives_up_on_a_dead_target():
         return call, (lambda: None)
 
     batches = [np.zeros((2, 1, 4, 4), np.float32)]
-    r = bench.closed_loop(flaky, batches, concurrency=2, warmup_s=0.0, duration_s=0.2)
+    r = closed_loop(flaky, batches, concurrency=2, warmup_s=0.0, duration_s=0.2)
     assert r["errors"] > 0 and r["requests"] > 0 and "refused" in r["first_error"]
 
     def dead():
@@ -139,7 +141,7 @@ def test_closed_loop_counts_failed_requests_and_gives_up_on_a_dead_target():
         return call, (lambda: None)
 
     with pytest.raises(RuntimeError, match="every request failed"):
-        bench.closed_loop(dead, batches, concurrency=2, warmup_s=0.0, duration_s=0.2)
+        closed_loop(dead, batches, concurrency=2, warmup_s=0.0, duration_s=0.2)
 
 
 def _fake_images(n: int, seed: int = 0) -> np.ndarray:
@@ -217,7 +219,7 @@ def test_tiny_bench_writes_the_expected_keys(server, tiny_repository, tmp_path, 
     )
     report = json.loads(output.read_text())
     assert report["failed_requests"] == 0
-    for target in bench.TARGETS:
+    for target in TARGETS:
         for b in ("1", "4"):
             for c in ("1", "2"):
                 cell = report["results"][target][b][c]

@@ -13,17 +13,19 @@ import urllib.request
 
 import pytest
 import tritonclient.grpc as grpcclient
+from same_harness.data.queries import make_query_set
 from tritonclient.utils import InferenceServerException
 
 from same_defense.accounts import KeyStore, RedisStore
 from same_defense.accounts.cli import main as accounts_main
 from same_defense.accounts.local_redis import LocalRedis
 from same_defense.client import SameClient
-from same_defense.data import load_dataset, make_query_set, split_dataset
+from same_defense.data import load_dataset, split_dataset
 from same_defense.deploy.observability import metric_names_in
 from same_defense.gateway.accounting import Authenticator
 from same_defense.gateway.options import AccountOptions
-from same_defense.gateway.proxy import GatewayPolicy, GatewayServer
+from same_defense.gateway.proxy import GatewayServer
+from same_defense.gateway.rules import GatewayPolicy
 from same_defense.runtime.inprocess import InProcessSame
 from same_defense.serving.embedded import free_port
 

@@ -99,8 +99,8 @@ def test_rgb_repository_is_served_through_the_gateway(cifar, tmp_path):
 
 
 def test_evaluation_runs_on_the_rgb_repository_with_the_cifar100_transfer_set(cifar, tmp_path):
-    from same_defense.evaluation.run import main as evaluate
-    from same_defense.evaluation.setup import default_attacks
+    from same_harness.evaluation.run import main as evaluate
+    from same_harness.evaluation.setup import default_attacks
 
     root, repository = cifar
     assert "knockoff-cifar100" in default_attacks(str(root))

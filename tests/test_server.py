@@ -11,12 +11,12 @@ import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 from PIL import Image
+from same_harness.data.queries import make_query_set
 from tritonclient.utils import InferenceServerException
 
 from same_defense.client import SameClient, SameClientError
 from same_defense.client.cli import main as client_cli
 from same_defense.core import METRICS_FLUSH_S
-from same_defense.data import make_query_set
 from same_defense.runtime.inprocess import InProcessSame
 from same_defense.serving.embedded import ServerError, free_port
 from same_defense.serving.metrics import read_defense_counters

@@ -1,6 +1,6 @@
 """The soak report's memory windows, on samples with known answers."""
 
-from same_defense.load.soak import window_means
+from same_harness.load.soak import window_means
 
 MIB = 2**20
 
@@ -32,7 +32,7 @@ def test_short_soak_through_the_gateway(tiny_repository, tmp_path):
     """A 15 s run of the real thing: Locust users through the gateway, memory sampled."""
     import json
 
-    from same_defense.load.soak import main  # runs Locust as a subprocess: never import it here
+    from same_harness.load.soak import main  # runs Locust as a subprocess: never import it here
 
     report_path = tmp_path / "soak.json"
     code = main(

@@ -8,15 +8,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from same_harness.bench import variants
+from same_harness.data.queries import make_query_set
 
-from same_defense.data import make_query_set
 from same_defense.export.onnx_export import (
     RECONSTRUCTOR_IO,
     RECONSTRUCTOR_VARIANTS,
     export_onnx,
     reconstructor_variant,
 )
-from same_defense.load import variants
 from same_defense.models import PRESETS, MaskedAutoencoder, ReconstructorGraph, build_classifier
 
 

@@ -1,4 +1,5 @@
-"""Data: the defender's images and the attacker's query sources, all float32 NCHW in [0, 1]."""
+"""Data: the defender's images and their splits, all float32 NCHW in [0, 1] (the attacker's
+query sources are the harness's: ``same_harness.data``)."""
 
 from .datasets import (
     DATASET_CHOICES,
@@ -7,7 +8,6 @@ from .datasets import (
     load_dataset,
     split_dataset,
 )
-from .queries import QUERY_SOURCES, make_query_set
 from .source import (
     DATA_ROOT_ENV,
     DataSource,
@@ -21,11 +21,9 @@ __all__ = [
     "DATA_ROOT_ENV",
     "DataSource",
     "DataSourceError",
-    "QUERY_SOURCES",
     "ImageSet",
     "Splits",
     "load_dataset",
-    "make_query_set",
     "source_from_manifest",
     "split_dataset",
     "splits_from_manifest",

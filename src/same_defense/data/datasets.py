@@ -240,7 +240,7 @@ def load_unlabelled_images(path: Path, shape: tuple[int, int, int]) -> np.ndarra
     every image file under a folder (any layout), or a ``.npy`` of such an array."""
     from PIL import Image
 
-    from .queries import conform
+    from .images import conform
 
     path = Path(path)
     if path.suffix == ".npy":

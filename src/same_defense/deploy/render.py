@@ -17,41 +17,18 @@ This module assembles the files; each resource group has its own module: :mod:`.
 
 from __future__ import annotations
 
-from .gateway import gateway_args, gateway_deployment, gateway_hpa, gateway_service
-from .monitoring import adapter_config_map, adapter_rules
+from .gateway import gateway_deployment, gateway_hpa, gateway_service
+from .monitoring import adapter_config_map
 from .redis_network import network_policies, redis_objects
 from .settings import DeploySettings
 from .shapes import GATEWAY, PART_OF, TRITON, _pdb
 from .triton import (
     config_map,
-    model_configs,
-    triton_args,
     triton_deployment,
     triton_hpa,
     triton_pods_service,
     triton_service,
 )
-
-__all__ = [
-    "adapter_config_map",
-    "adapter_rules",
-    "config_map",
-    "gateway_args",
-    "gateway_deployment",
-    "gateway_hpa",
-    "gateway_service",
-    "model_configs",
-    "network_policies",
-    "redis_objects",
-    "render",
-    "to_yaml",
-    "triton_args",
-    "triton_deployment",
-    "triton_hpa",
-    "triton_pods_service",
-    "triton_service",
-]
-
 
 HEADER = (
     "# Rendered by `same-deploy` (src/same_defense/deploy/render.py) from the settings the\n"

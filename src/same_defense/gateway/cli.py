@@ -25,7 +25,8 @@ from ..cli_errors import CommandError, add_debug_argument, run_command, wants_de
 from ..core.layout import MANIFEST_FILE
 from ..core.manifest import ManifestError, read_manifest_file
 from .options import add_account_arguments, options_from_args
-from .proxy import GatewayPolicy, GatewayServer
+from .proxy import GatewayServer
+from .rules import GatewayPolicy
 
 
 def main(argv: list[str] | None = None) -> int:

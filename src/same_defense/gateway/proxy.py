@@ -45,9 +45,6 @@ _HOP_HEADERS = {
     "authorization",
 }
 
-# Importers (cli, deployment, tests) take the policy and the size limit from here, with the
-# server they configure.
-__all__ = ["MAX_MESSAGE_BYTES", "AdminOptions", "GatewayPolicy", "GatewayServer"]
 log = logging.getLogger("same.gateway")
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ..core.manifest import read_manifest
 from ..gateway.options import AccountOptions
-from ..gateway.proxy import GatewayPolicy, GatewayServer
+from ..gateway.proxy import GatewayServer
+from ..gateway.rules import GatewayPolicy
 from .embedded import EmbeddedTriton, free_port
 
 KEY_HEADER = "same-gateway-key"
