@@ -105,7 +105,7 @@ def test_cifar100_loader_reads_fine_labels_and_names(tmp_path):
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 16, 24)])
 def test_conform_converts_channels_and_size(shape):
-    from same_harness.data.queries import conform
+    from same_defense.data.images import conform
 
     rgb = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
     out = conform(rgb, shape)

@@ -5,7 +5,7 @@ pipeline), spends at most the oracle's budget, and trains a clone on probabiliti
 labels only. See ``evaluation/`` for the matrix that runs them against each defense.
 """
 
-from .base import AttackResult, query_in_batches
+from .base import Attack, AttackResult, query_in_batches
 from .clone import (
     OUTPUT_TYPES,
     CloneConfig,
@@ -24,6 +24,7 @@ __all__ = [
     "OUTPUT_TYPES",
     "TRANSFER_SETS",
     "Answer",
+    "Attack",
     "AttackResult",
     "BudgetExceeded",
     "CloneConfig",

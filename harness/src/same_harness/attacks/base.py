@@ -1,14 +1,18 @@
-"""What every attack returns, and the helpers they share."""
+"""What every attack is and returns, and the helpers they share."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 from torch import nn
 
 from .oracle import Answer, Oracle
+
+if TYPE_CHECKING:
+    from .clone import CloneTrainer
 
 # Called with a clone, returns a figure to log against queries spent (the evaluation passes
 # "clone accuracy on the test split"); attacks never see the test data themselves.
@@ -29,6 +33,30 @@ class AttackResult:
     queries_used: int
     curve: list[tuple[int, float]] = field(default_factory=list)  # (queries spent, evaluate)
     info: dict = field(default_factory=dict)
+
+
+class Attack(Protocol):
+    """An extraction attack: it spends at most ``oracle``'s budget and returns its clone.
+
+    Each attack is a dataclass of its own settings; the evaluation makes one per run
+    (``same_harness.evaluation.setup.make_attack``) and calls :meth:`run`.
+    """
+
+    name: ClassVar[str]
+
+    def run(
+        self,
+        oracle: Oracle,
+        trainer: CloneTrainer,
+        output_type: str,
+        evaluate: Evaluate | None = None,
+    ) -> AttackResult:
+        """Query ``oracle`` and train a clone with ``trainer``.
+
+        ``output_type`` ("probs" or "labels") is what the clone trains on; ``evaluate``, if
+        given, is logged against queries spent in the result's ``curve``.
+        """
+        ...
 
 
 def query_in_batches(oracle: Oracle, images: np.ndarray, batch_size: int) -> Answer:

@@ -16,6 +16,9 @@ the evaluation's CPU).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -75,6 +78,7 @@ def _logits(targets: np.ndarray | torch.Tensor) -> torch.Tensor:
     return log_p - log_p.mean(dim=1, keepdim=True)
 
 
+@dataclass(eq=False)
 class Dfme:
     """DFME: a generator invents the queries; the clone learns to match the victim's answers.
 
@@ -82,31 +86,18 @@ class Dfme:
     gradient; ``replay`` ends by training the clone on every answer bought.
     """
 
-    name = "dfme"
+    name: ClassVar[str] = "dfme"
 
-    def __init__(
-        self,
-        shape: tuple[int, int, int],
-        latent: int = 256,
-        batch_size: int = 32,
-        student_steps: int = 5,
-        directions: int = 1,
-        epsilon: float = 1e-3,
-        lr_generator: float = 5e-4,
-        lr_student: float = 0.05,
-        replay: bool = False,
-        seed: int = 0,
-    ) -> None:
-        self.shape = tuple(shape)
-        self.latent = latent
-        self.batch_size = batch_size
-        self.student_steps = student_steps
-        self.directions = directions
-        self.epsilon = epsilon
-        self.lr_generator = lr_generator
-        self.lr_student = lr_student
-        self.replay = replay
-        self.seed = seed
+    shape: tuple[int, int, int]
+    latent: int = 256
+    batch_size: int = 32
+    student_steps: int = 5
+    directions: int = 1
+    epsilon: float = 1e-3
+    lr_generator: float = 5e-4
+    lr_student: float = 0.05
+    replay: bool = False
+    seed: int = 0
 
     def _victim_logits(self, answer: Answer, output_type: str) -> torch.Tensor:
         targets = (

@@ -10,6 +10,9 @@ default, as the reference setting is a plain ``lambda = 0.1``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import numpy as np
 import torch
 
@@ -31,6 +34,7 @@ def jacobian_step(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray
     return np.concatenate(out).astype(np.float32)
 
 
+@dataclass(eq=False)
 class Jbda:
     """JBDA from ``seed_images``: each round adds one gradient-sign step of every known image.
 
@@ -39,27 +43,19 @@ class Jbda:
     sign flip of ``lam``.
     """
 
-    name = "jbda"
+    name: ClassVar[str] = "jbda"
 
-    def __init__(
-        self,
-        seed_images: np.ndarray,
-        rounds: int = 6,
-        lam: float = 0.1,
-        tau: int | None = None,
-        batch_size: int = 64,
-        round_epochs: int = 1,
-        round_min_steps: int = 20,
-        seed: int = 0,
-    ) -> None:
-        self.seed_images = np.ascontiguousarray(seed_images, dtype=np.float32)
-        self.rounds = rounds
-        self.lam = lam
-        self.tau = tau
-        self.batch_size = batch_size
-        self.round_epochs = round_epochs
-        self.round_min_steps = round_min_steps
-        self.seed = seed
+    seed_images: np.ndarray = field(repr=False)
+    rounds: int = 6
+    lam: float = 0.1
+    tau: int | None = None
+    batch_size: int = 64
+    round_epochs: int = 1
+    round_min_steps: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.seed_images = np.ascontiguousarray(self.seed_images, dtype=np.float32)
 
     def run(
         self,

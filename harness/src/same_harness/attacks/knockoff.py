@@ -20,7 +20,9 @@ hides in an honest drift), all built by :func:`transfer_set`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -91,6 +93,7 @@ def _clusters(images: np.ndarray, k: int, seed: int) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(small).astype(np.int64)
 
 
+@dataclass(eq=False)
 class KnockoffNets:
     """Random or adaptive sampling from ``pool``; the clone trains on every answer at the end.
 
@@ -100,29 +103,24 @@ class KnockoffNets:
     longer on them), so the curve shows the effect of the answers, not of the schedule.
     """
 
-    name = "knockoff"
+    name: ClassVar[str] = "knockoff"
 
-    def __init__(
-        self,
-        pool: np.ndarray,
-        groups: np.ndarray | None = None,
-        sampling: str = "random",
-        batch_size: int = 64,
-        seed: int = 0,
-        checkpoints: tuple[int, ...] = (),
-        bandit_lr: float = 0.5,
-    ) -> None:
-        if sampling not in ("random", "adaptive"):
-            raise ValueError(f"sampling must be 'random' or 'adaptive', got {sampling!r}")
-        if sampling == "adaptive" and groups is None:
+    pool: np.ndarray = field(repr=False)
+    groups: np.ndarray | None = field(default=None, repr=False)
+    sampling: str = "random"
+    batch_size: int = 64
+    seed: int = 0
+    checkpoints: tuple[int, ...] = ()
+    bandit_lr: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.sampling not in ("random", "adaptive"):
+            raise ValueError(f"sampling must be 'random' or 'adaptive', got {self.sampling!r}")
+        if self.sampling == "adaptive" and self.groups is None:
             raise ValueError("adaptive sampling needs groups")
-        self.pool = pool
-        self.groups = groups if groups is not None else np.zeros(len(pool), np.int64)
-        self.sampling = sampling
-        self.batch_size = batch_size
-        self.seed = seed
-        self.checkpoints = tuple(sorted(checkpoints))
-        self.bandit_lr = bandit_lr
+        if self.groups is None:
+            self.groups = np.zeros(len(self.pool), np.int64)
+        self.checkpoints = tuple(sorted(self.checkpoints))
 
     def run(
         self,

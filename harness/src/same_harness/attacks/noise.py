@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 
 from same_harness.data.queries import make_query_set
@@ -12,22 +15,16 @@ from .knockoff import KnockoffNets
 from .oracle import Oracle
 
 
+@dataclass(eq=False)
 class UniformNoise:
     """KnockoffNets on a pool of uniform-noise images; ``checkpoints`` as there."""
 
-    name = "noise"
+    name: ClassVar[str] = "noise"
 
-    def __init__(
-        self,
-        shape: tuple[int, int, int],
-        batch_size: int = 64,
-        seed: int = 0,
-        checkpoints: tuple[int, ...] = (),
-    ) -> None:
-        self.shape = tuple(shape)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.checkpoints = checkpoints
+    shape: tuple[int, int, int]
+    batch_size: int = 64
+    seed: int = 0
+    checkpoints: tuple[int, ...] = ()
 
     def run(
         self,

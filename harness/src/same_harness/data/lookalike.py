@@ -148,7 +148,7 @@ def lookalike_digits(
 def _lookalike_digits(
     source: str, n: int, shape: tuple[int, int, int], seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    from .queries import conform
+    from same_defense.data.images import conform
 
     if source not in LOOKALIKE_SOURCES:
         raise ValueError(

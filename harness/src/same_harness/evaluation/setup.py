@@ -15,7 +15,7 @@ import numpy as np
 from same_defense.core.decision import DEFAULT_ALPHA
 from same_defense.core.score import rescaled_alpha
 
-from ..attacks import OUTPUT_TYPES, CloneConfig, clone_architecture, predict
+from ..attacks import OUTPUT_TYPES, Attack, CloneConfig, clone_architecture, predict
 from .metrics import answer_accuracy
 
 ATTACKS = ("knockoff-digits8x8", "knockoff-natural", "jbda", "dfme", "noise")
@@ -138,7 +138,7 @@ def context(config: EvalConfig) -> Context:
     return _CACHE[config]
 
 
-def make_attack(name: str, ctx: Context, seed: int | None = None):
+def make_attack(name: str, ctx: Context, seed: int | None = None) -> Attack:
     """The attack ``name`` as the run's settings configure it (``seed`` replaces the run's)."""
     from ..attacks import Dfme, Jbda, KnockoffNets, UniformNoise, transfer_set
 
