@@ -8,7 +8,7 @@ from pathlib import Path
 
 from same_defense.gateway.options import AccountOptions
 from same_defense.serving.deployment import ProtectedService
-from same_defense.serving.embedded import EmbeddedTriton, free_port
+from same_defense.serving.embedded import EmbeddedTriton
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORKDIR = PROJECT_ROOT / ".triton"  # backends prepared once, shared by every test server
@@ -16,27 +16,13 @@ WORKDIR = PROJECT_ROOT / ".triton"  # backends prepared once, shared by every te
 
 def start_server(repository: Path, log_file: Path) -> EmbeddedTriton:
     """Triton alone on free ports (gRPC, HTTP, metrics), ready for requests."""
-    return EmbeddedTriton(
-        repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        log_file=log_file,
-        workdir=WORKDIR,
-    ).start(timeout=120)
+    return EmbeddedTriton.on_free_ports(repository, log_file, workdir=WORKDIR).start(timeout=120)
 
 
 def protected_service(
     repository: Path, log_file: Path, accounts: AccountOptions, **options: object
 ) -> ProtectedService:
     """The default deployment on free ports, not started (``with`` it or call ``start``)."""
-    return ProtectedService(
-        repository,
-        public_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        log_file=log_file,
-        workdir=WORKDIR,
-        accounts=accounts,
-        **options,
+    return ProtectedService.on_free_ports(
+        repository, log_file, accounts, workdir=WORKDIR, **options
     )

@@ -25,8 +25,8 @@ from same_defense.data import load_dataset, split_dataset
 from same_defense.gateway.options import AccountOptions
 from same_defense.gateway.proxy import GatewayServer
 from same_defense.gateway.rules import GatewayPolicy
+from same_defense.ports import free_port
 from same_defense.runtime.inprocess import InProcessSame
-from same_defense.serving.embedded import free_port
 
 from .servers import protected_service
 

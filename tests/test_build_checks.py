@@ -24,6 +24,7 @@ from same_defense.export.victim.arguments import shadow_reason
 from same_defense.export.victim.checks import output_kind_problem
 from same_defense.gateway.cli import main as gateway_main
 from same_defense.gateway.http.errors import http_message
+from same_defense.ports import free_port
 from same_defense.serving.cli import main as serve_main
 
 from .provided_victim import (
@@ -33,7 +34,6 @@ from .provided_victim import (
     train_provider_net,
 )
 from .provided_victim import build_args as debug_build_args
-from .servers import free_port
 from .tiny_rgb import write_image_folder
 
 

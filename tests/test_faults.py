@@ -15,7 +15,8 @@ from same_harness.data.queries import make_query_set
 from tritonclient.utils import InferenceServerException
 
 from same_defense.client import SameClient, SameClientError
-from same_defense.serving.embedded import EmbeddedTriton, ServerError, free_port
+from same_defense.ports import free_port
+from same_defense.serving.embedded import EmbeddedTriton, ServerError
 from same_defense.serving.supervisor import stubs_by_model
 
 from .servers import PROJECT_ROOT, start_server

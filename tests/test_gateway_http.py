@@ -36,8 +36,8 @@ from same_defense.gateway.http.tensors import HEADER_LENGTH
 from same_defense.gateway.options import AccountOptions
 from same_defense.gateway.proxy import GatewayServer
 from same_defense.gateway.rules import MAX_MESSAGE_BYTES, GatewayPolicy
+from same_defense.ports import free_port
 from same_defense.serving.deployment import ProtectedService
-from same_defense.serving.embedded import free_port
 
 from .servers import PROJECT_ROOT, protected_service
 

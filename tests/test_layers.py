@@ -18,7 +18,7 @@ PACKAGES["same_harness"] = ROOT / "harness" / "src" / "same_harness"
 # the whole product; the product never imports the harness.
 LAYERS = {
     "same_defense": (
-        ("core", "cli_errors"),
+        ("core", "cli_errors", "ports"),
         ("data", "models"),
         ("train", "runtime"),
         ("export",),

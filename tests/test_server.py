@@ -17,8 +17,9 @@ from tritonclient.utils import InferenceServerException
 from same_defense.client import SameClient, SameClientError
 from same_defense.client.cli import main as client_cli
 from same_defense.core import METRICS_FLUSH_S
+from same_defense.ports import free_port
 from same_defense.runtime.inprocess import InProcessSame
-from same_defense.serving.embedded import ServerError, free_port
+from same_defense.serving.embedded import ServerError
 from same_defense.serving.metrics import read_defense_counters
 
 from .servers import start_server

@@ -27,7 +27,6 @@ from same_defense.export.build import main as build_main
 from same_defense.export.repository import refresh_defense_code
 from same_defense.gateway.options import AccountOptions
 from same_defense.serving.deployment import ProtectedService
-from same_defense.serving.embedded import free_port
 from same_defense.serving.metrics import read_defense_counters
 from same_harness.data.queries import QUERY_SOURCES, make_query_set
 
@@ -65,13 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     key = {name: keys.add(name) for name in callers}
     # The default deployment: Triton on loopback behind the gateway that exposes only `same`
     # to callers with a key, with the account-level defense in the gateway's memory.
-    service = ProtectedService(
-        args.repository,
-        public_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        log_file=args.log_file,
-        accounts=AccountOptions(keys_file=keys.path),
+    service = ProtectedService.on_free_ports(
+        args.repository, args.log_file, AccountOptions(keys_file=keys.path)
     )
     with keys_dir, service:
         timings["server_start_s"] = round(time.perf_counter() - t, 1)

@@ -12,11 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ..ports import free_port
 
 
 class LocalRedis:
@@ -29,7 +25,7 @@ class LocalRedis:
             )
         self.binary = binary
         self.workdir = Path(workdir)
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.process: subprocess.Popen | None = None
 
     @property

@@ -5,6 +5,7 @@ and their checks. The build itself lives in ``same_defense.export.build``.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..cli_errors import add_debug_argument
@@ -13,7 +14,8 @@ from ..data import DATASET_CHOICES
 from ..models import DEFAULT_PRESET, PRESETS
 from ..train import SHADOW_RECIPES, DeviceUnavailable, resolve_device
 from .onnx_export import RECONSTRUCTOR_VARIANTS
-from .victim.arguments import add_victim_arguments, victim_arguments_problem
+from .victim.arguments import add_victim_arguments, victim_arguments_problem, victim_options
+from .victim.spec import VictimOptions
 
 
 def build_parser(description: str | None) -> argparse.ArgumentParser:
@@ -136,7 +138,54 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None, description: str | None) -> argparse.Namespace:
+@dataclass(frozen=True, kw_only=True)
+class BuildConfig:
+    """One ``same-build`` run, made once from its command line (:func:`parse_args`); every
+    stage reads it. No defaults here: they live in the parser, so ``--help`` and a run
+    cannot disagree. The ``--victim-*`` options arrive as one :class:`VictimOptions`."""
+
+    data: str
+    data_root: Path | None
+    max_train: int
+    preset: str
+    victim: VictimOptions
+    shadow_arch: str
+    accept_low_accuracy: bool
+    mae_checkpoint: Path | None
+    shadow_recipe: str
+    victim_epochs: int | None
+    mae_epochs: int | None
+    shadow_epochs: int | None
+    alpha: float
+    target_fpr: float
+    policy: str
+    repository: Path
+    force: bool
+    artifacts: Path
+    report: Path
+    seed: int
+    train_seed: int
+    device: str
+    reconstructor_variant: str
+    quiet: bool
+    check: bool
+    debug: bool
+    recalibrate: bool
+    calibration_extra: tuple[Path, ...]
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> BuildConfig:
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "victim"}
+        values["calibration_extra"] = tuple(args.calibration_extra)
+        return cls(victim=victim_options(args), **values)
+
+    @property
+    def trains_victim(self) -> bool:
+        """Whether the victim stage trains (minutes) rather than checks a given model."""
+        return self.victim.kind == "trained" and self.victim.checkpoint is None
+
+
+def parse_args(argv: list[str] | None, description: str | None) -> BuildConfig:
     """Parse ``argv``; exit with a usage error for a bad victim choice or a missing device."""
     p = build_parser(description)
     args = p.parse_args(argv)
@@ -154,4 +203,4 @@ def parse_args(argv: list[str] | None, description: str | None) -> argparse.Name
             resolve_device(args.device)
         except DeviceUnavailable as exc:
             p.error(str(exc))
-    return args
+    return BuildConfig.from_namespace(args)

@@ -10,7 +10,6 @@ each stage's estimate on the stage's line (also with ``--quiet``).
 
 from __future__ import annotations
 
-import argparse
 import math
 import tempfile
 import time
@@ -26,6 +25,7 @@ from ..models import PRESETS, MaskedAutoencoder, ReconstructorGraph, build_class
 from ..models import fit_to_shape as fit_mae
 from ..runtime.inprocess import GraphRunner
 from ..train.loops import random_shift
+from .build_args import BuildConfig
 from .onnx_export import RECONSTRUCTOR_IO, VICTIM_IO, export_onnx
 
 # Steps timed per model after WARMUP_STEPS untimed ones: a new model's first steps allocate
@@ -185,29 +185,29 @@ def _untrained_victim_onnx(inputs: PlanInputs, work: Path) -> Path:
 
 
 def estimate_plan(
-    args: argparse.Namespace, inputs: PlanInputs, data_seconds: float, victim_what: str
+    config: BuildConfig, inputs: PlanInputs, data_seconds: float, victim_what: str
 ) -> list[StageEstimate]:
     """The stages after the data stage with their estimated seconds (see the module doc).
 
     The build's random state is left as it was: the timed steps draw from a forked one.
     """
-    device = torch.device(args.device)
+    device = torch.device(config.device)
     with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         work = Path(tmp)
         victim_epochs, mae_epochs, shadow_epochs = inputs.epochs
         stages = [StageEstimate("data", data_what(inputs), data_seconds, done=True)]
-        stages.append(_victim_estimate(args, inputs, device, victim_what, victim_epochs))
-        mae = MaskedAutoencoder(inputs.shape, fit_mae(PRESETS[args.preset].mae, inputs.shape))
+        stages.append(_victim_estimate(config, inputs, device, victim_what, victim_epochs))
+        mae = MaskedAutoencoder(inputs.shape, fit_mae(PRESETS[config.preset].mae, inputs.shape))
         mae_steps = mae_epochs * math.ceil(inputs.n_train / MAE_BATCH)
         mae_what = (
-            f"load the MAE {args.mae_checkpoint}"
-            if args.mae_checkpoint
-            else f"train the {args.preset} MAE (patch {mae.config.patch}, width "
+            f"load the MAE {config.mae_checkpoint}"
+            if config.mae_checkpoint
+            else f"train the {config.preset} MAE (patch {mae.config.patch}, width "
             f"{mae.config.embed}): {mae_epochs} epochs x "
             f"{math.ceil(inputs.n_train / MAE_BATCH)} batches of {MAE_BATCH}"
         )
-        mae_s = None if args.mae_checkpoint else mae_steps * mae_step_seconds(mae, inputs, device)
+        mae_s = None if config.mae_checkpoint else mae_steps * mae_step_seconds(mae, inputs, device)
         stages.append(StageEstimate("mae", mae_what, mae_s))
         shadow = build_classifier(inputs.shadow_architecture, inputs.shape, inputs.classes)
         shadow_batches = math.ceil(inputs.n_train / SHADOW_BATCH)
@@ -227,7 +227,7 @@ def estimate_plan(
             graph, victim_onnx, sample, work
         )
         checked = min(ONNX_CHECK_IMAGES, inputs.n_calibration)
-        variant = "" if args.reconstructor_variant == "float32" else " (+ the variant's rewrite)"
+        variant = "" if config.reconstructor_variant == "float32" else " (+ the variant's rewrite)"
         stages.append(
             StageEstimate(
                 "onnx",
@@ -239,16 +239,16 @@ def estimate_plan(
         stages.append(
             StageEstimate(
                 "calibrate",
-                f"score {scored} calibration and test images, threshold at FPR {args.target_fpr}",
+                f"score {scored} calibration and test images, threshold at FPR {config.target_fpr}",
                 scored * score_per_image,
             )
         )
-    stages.append(StageEstimate("repository", f"write {args.repository}", None))
+    stages.append(StageEstimate("repository", f"write {config.repository}", None))
     return stages
 
 
 def _victim_estimate(
-    args: argparse.Namespace,
+    config: BuildConfig,
     inputs: PlanInputs,
     device: torch.device,
     what: str,
@@ -272,7 +272,7 @@ def data_what(inputs: PlanInputs) -> str:
     )
 
 
-def plan_lines(stages: list[StageEstimate], args: argparse.Namespace) -> list[str]:
+def plan_lines(stages: list[StageEstimate], config: BuildConfig) -> list[str]:
     """The plan as the lines ``same-build`` prints."""
     lines = ["== plan (times measured from a few batches on this machine)"]
     for s in stages:
@@ -282,9 +282,9 @@ def plan_lines(stages: list[StageEstimate], args: argparse.Namespace) -> list[st
     todo = sum(s.seconds or 0.0 for s in stages if not s.done)
     lines.append(f"   {'total':<10} ~ {format_seconds(todo):<14} still to run")
     for label, path in (
-        ("repository", args.repository),
-        ("artifacts", args.artifacts),
-        ("report", args.report),
+        ("repository", config.repository),
+        ("artifacts", config.artifacts),
+        ("report", config.report),
     ):
         lines.append(f"   {label + ':':<11} {Path(path).resolve()}")
     return lines

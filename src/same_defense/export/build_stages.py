@@ -5,7 +5,6 @@ lines they print go through :meth:`BuildReport.say`, and :meth:`BuildReport.stag
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,12 +25,12 @@ from ..models import (
 )
 from ..runtime.inprocess import GraphRunner
 from ..train import TrainConfig, train_classifier, train_mae, train_shadow
+from .build_args import BuildConfig
 from .build_plan import StageEstimate, format_seconds
 from .calibration import calibrate
 from .model_configs import ServingSettings
 from .onnx_export import RECONSTRUCTOR_IO, export_onnx, max_abs_difference, reconstructor_variant
 from .repository import write_repository
-from .victim.arguments import victim_options
 from .victim.checks import (
     chance_warning,
     check_victim_graph,
@@ -90,15 +89,15 @@ class BuildData:
         return len(self.train.class_names)
 
 
-def data_stage(args: argparse.Namespace, report: BuildReport) -> BuildData:
+def data_stage(config: BuildConfig, report: BuildReport) -> BuildData:
     """Load the data set and split it (train, calibration, test) as the manifest records."""
-    source = DataSource.at_build(args.data, args.data_root, args.seed)
+    source = DataSource.at_build(config.data, config.data_root, config.seed)
     data = load_dataset(source.name, source.root)
     source = source.fitted_to(data)  # recorded: the tools find these data again
     splits = source.split(data)
     train = splits.train
-    if args.max_train:
-        train = train.subset(np.arange(min(args.max_train, len(train))), train.name)
+    if config.max_train:
+        train = train.subset(np.arange(min(config.max_train, len(train))), train.name)
     built = BuildData(source, splits, train)
     report.say(
         f"   {len(train)} train / {len(splits.calibration)} calibration / "
@@ -108,7 +107,7 @@ def data_stage(args: argparse.Namespace, report: BuildReport) -> BuildData:
 
 
 def victim_stage(
-    args: argparse.Namespace, data: BuildData, epochs: int, report: BuildReport
+    config: BuildConfig, data: BuildData, epochs: int, report: BuildReport
 ) -> PreparedVictim:
     """Train, load or import the victim and write the graph Triton will serve.
 
@@ -116,8 +115,8 @@ def victim_stage(
     onnxruntime, so a provided victim is checked on the provider's test images here, before
     minutes of MAE and shadow training are spent on its answers.
     """
-    options = victim_options(args)
-    out = args.artifacts / "victim.onnx"
+    options = config.victim
+    out = config.artifacts / "victim.onnx"
     train, test, shape, classes = data.train, data.splits.test, data.shape, data.classes
     example, check = data.splits.calibration.images[:2], data.splits.calibration.images[:512]
     if options.kind == "onnx":
@@ -130,10 +129,13 @@ def victim_stage(
             load_state_dict(model, options.checkpoint)
         else:
             cfg = TrainConfig(
-                epochs=epochs, seed=args.train_seed, progress=not args.quiet, device=args.device
+                epochs=epochs,
+                seed=config.train_seed,
+                progress=not config.quiet,
+                device=config.device,
             )
             train_classifier(model, train.images, train.labels, cfg)
-        torch.save(model.eval().state_dict(), args.artifacts / "victim.pt")
+        torch.save(model.eval().state_dict(), config.artifacts / "victim.pt")
         _, diff = export_torch_victim(model, example, check, out, ONNX_TOLERANCE)
         source = trained_victim_source(options)
         victim = PreparedVictim(out, options.architecture, source, onnx_max_abs_diff=diff)
@@ -151,7 +153,7 @@ def victim_stage(
     report.figures["victim_test_accuracy"] = round(acc, 4)
     report.say(f"   victim ({kind}) test accuracy {acc:.4f}, served graph")
     low = chance_warning(acc, classes, kind)
-    if low and kind != "trained" and not args.accept_low_accuracy:
+    if low and kind != "trained" and not config.accept_low_accuracy:
         # Minutes of training on a misread model protect nothing: stop, and try the usual
         # mistakes (pixel scale, channel order) to name the fix.
         fix = suggest_preprocessing(options, data.shape, classes, test, acc)
@@ -165,29 +167,29 @@ def victim_stage(
     return victim
 
 
-def mae_stage(args: argparse.Namespace, data: BuildData, epochs: int) -> MaskedAutoencoder:
+def mae_stage(config: BuildConfig, data: BuildData, epochs: int) -> MaskedAutoencoder:
     """Train (or load --mae-checkpoint) the preset's MAE, fitted to the image shape."""
-    mae = MaskedAutoencoder(data.shape, fit_to_shape(PRESETS[args.preset].mae, data.shape))
-    if args.mae_checkpoint:
-        mae.load_state_dict(torch.load(args.mae_checkpoint, weights_only=True))
+    mae = MaskedAutoencoder(data.shape, fit_to_shape(PRESETS[config.preset].mae, data.shape))
+    if config.mae_checkpoint:
+        mae.load_state_dict(torch.load(config.mae_checkpoint, weights_only=True))
     else:
         cfg = TrainConfig(
             epochs=epochs,
             batch_size=128,
             lr=1e-3,
             weight_decay=0.05,
-            seed=args.train_seed,
-            progress=not args.quiet,
+            seed=config.train_seed,
+            progress=not config.quiet,
             augment_shift=1,
-            device=args.device,
+            device=config.device,
         )
         train_mae(mae, data.train.images, cfg, warmup_epochs=max(1, epochs // 10))
-    torch.save(mae.state_dict(), args.artifacts / "mae.pt")
+    torch.save(mae.state_dict(), config.artifacts / "mae.pt")
     return mae
 
 
 def shadow_stage(
-    args: argparse.Namespace,
+    config: BuildConfig,
     data: BuildData,
     victim: PreparedVictim,
     mae: MaskedAutoencoder,
@@ -199,53 +201,57 @@ def shadow_stage(
     victim_probs = softmax(victim_answers(victim.onnx_path, data.train.images))
     shadow = build_classifier(arch, data.shape, data.classes)
     # SGD (authors) wants a larger step than Adam; the distilled shadow sees unshifted images.
-    recipe = {"lr": 0.01} if args.shadow_recipe == "authors" else {"augment_shift": 0}
+    recipe = {"lr": 0.01} if config.shadow_recipe == "authors" else {"augment_shift": 0}
     cfg = TrainConfig(
-        epochs=epochs, seed=args.train_seed, progress=not args.quiet, device=args.device, **recipe
+        epochs=epochs,
+        seed=config.train_seed,
+        progress=not config.quiet,
+        device=config.device,
+        **recipe,
     )
     train = data.train
-    train_shadow(shadow, mae, train.images, victim_probs, cfg, args.shadow_recipe, train.labels)
-    torch.save(shadow.state_dict(), args.artifacts / "shadow.pt")
+    train_shadow(shadow, mae, train.images, victim_probs, cfg, config.shadow_recipe, train.labels)
+    torch.save(shadow.state_dict(), config.artifacts / "shadow.pt")
     return shadow
 
 
 def onnx_stage(
-    args: argparse.Namespace, graph: ReconstructorGraph, images: np.ndarray, report: BuildReport
+    config: BuildConfig, graph: ReconstructorGraph, images: np.ndarray, report: BuildReport
 ) -> Path:
     """Export the reconstructor, check it against PyTorch on ``images``; return the served graph."""
     recon_onnx = export_onnx(
-        graph, images[:2], args.artifacts / "reconstructor.onnx", RECONSTRUCTOR_IO
+        graph, images[:2], config.artifacts / "reconstructor.onnx", RECONSTRUCTOR_IO
     )
     diff = max_abs_difference(graph, recon_onnx, images[:512])
     report.figures["onnx_max_abs_diff_reconstructor"] = diff
     report.say(f"   reconstructor: ONNX vs PyTorch max |diff| = {diff:.2e}")
     if diff > ONNX_TOLERANCE:
         raise RuntimeError(f"reconstructor ONNX differs from PyTorch by {diff} > {ONNX_TOLERANCE}")
-    if args.reconstructor_variant != "float32":  # checked above as float32; int8 differs
-        variant = args.reconstructor_variant
-        out = args.artifacts / f"reconstructor-{variant}.onnx"
+    if config.reconstructor_variant != "float32":  # checked above as float32; int8 differs
+        variant = config.reconstructor_variant
+        out = config.artifacts / f"reconstructor-{variant}.onnx"
         recon_onnx = reconstructor_variant(recon_onnx, variant, out, images[:256])
         report.say(f"   serving the {variant} reconstructor graph")
     return recon_onnx
 
 
 def calibrate_stage(
-    args: argparse.Namespace, graphs: GraphRunner, data: BuildData, report: BuildReport
+    config: BuildConfig, graphs: GraphRunner, data: BuildData, report: BuildReport
 ) -> dict:
     """Threshold and account references of the served graphs, from the calibration split."""
     calibration = calibrate(
         graphs,
         data.splits.calibration.images,
         data.splits.test.images,
-        args.alpha,
-        args.target_fpr,
+        config.alpha,
+        config.target_fpr,
         data.classes,
     )
     report.figures.update(
         {k: calibration[k] for k in ("threshold", "calibration_fpr", "test_fpr_offline")}
     )
     report.say(
-        f"   threshold {calibration['threshold']:.6g} at target FPR {args.target_fpr}; "
+        f"   threshold {calibration['threshold']:.6g} at target FPR {config.target_fpr}; "
         f"offline test FPR {calibration['test_fpr_offline']:.4f}; account test "
         f"{calibration['accounts']['settings']}"
     )
@@ -253,7 +259,7 @@ def calibrate_stage(
 
 
 def repository_stage(
-    args: argparse.Namespace,
+    config: BuildConfig,
     data: BuildData,
     victim: PreparedVictim,
     recon_onnx: Path,
@@ -265,22 +271,22 @@ def repository_stage(
         input_shape=data.shape,
         num_classes=data.classes,
         class_names=tuple(data.train.class_names),
-        policy=args.policy,
+        policy=config.policy,
     )
     manifest = write_repository(
-        args.repository,
+        config.repository,
         victim.onnx_path,
         recon_onnx,
         settings,
         manifest_fields,
         provided_victim=victim.provided_file,
     )
-    report.say(f"   wrote {args.repository} (manifest {manifest})")
+    report.say(f"   wrote {config.repository} (manifest {manifest})")
     return manifest
 
 
 def build_record(
-    args: argparse.Namespace,
+    config: BuildConfig,
     data: BuildData,
     victim: PreparedVictim,
     mae: MaskedAutoencoder,
@@ -291,16 +297,16 @@ def build_record(
     return {
         "input_shape": list(data.shape),
         "class_names": list(data.train.class_names),
-        "dataset": args.data,
+        "dataset": config.data,
         "data": data.source.to_manifest(),
-        "preset": args.preset,
+        "preset": config.preset,
         "mae": mae.config.to_dict(),
         "victim_architecture": victim.architecture,  # "provided" for imported victims
         "victim_source": victim.source,
         "shadow_architecture": shadow_arch,
-        "shadow_recipe": args.shadow_recipe,
-        "reconstructor_variant": args.reconstructor_variant,
+        "shadow_recipe": config.shadow_recipe,
+        "reconstructor_variant": config.reconstructor_variant,
         "victim_test_accuracy": accuracy,
-        "seed": args.seed,
-        "train_seed": args.train_seed,
+        "seed": config.seed,
+        "train_seed": config.train_seed,
     }

@@ -15,12 +15,14 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..core.manifest import read_manifest
 from ..gateway.options import AccountOptions
 from ..gateway.proxy import GatewayServer
 from ..gateway.rules import GatewayPolicy
-from .embedded import EmbeddedTriton, free_port
+from ..ports import free_port
+from .embedded import EmbeddedTriton
 
 KEY_HEADER = "same-gateway-key"
 
@@ -39,6 +41,15 @@ class ProtectedService:
     triton_http_port: int | None = None  # Triton's own HTTP on loopback, keyed (None: closed)
     triton: EmbeddedTriton | None = field(default=None, init=False)
     gateway: GatewayServer | None = field(default=None, init=False)
+
+    @classmethod
+    def on_free_ports(
+        cls, repository: Path, log_file: Path, accounts: AccountOptions, **options: Any
+    ) -> ProtectedService:
+        """The deployment on loopback ports nothing uses now (gateway gRPC and HTTP, Triton's
+        metrics), not started: for the demo, the harness and the tests."""
+        ports = {"public_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
+        return cls(repository, log_file=log_file, accounts=accounts, **ports, **options)
 
     @property
     def public_url(self) -> str:

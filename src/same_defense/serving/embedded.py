@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from ..ports import free_port
 from .supervisor import StubSupervisor
 
 # Everything but health and metadata: inference, model control, shared memory, statistics...
@@ -33,12 +34,6 @@ _BACKEND_SOURCE = Path(__file__).parent / "onnxruntime_backend" / "model.py"
 
 class ServerError(RuntimeError):
     """The server could not start or did not become ready."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pytriton_root() -> Path:
@@ -102,6 +97,12 @@ class EmbeddedTriton:
     supervisor: StubSupervisor | None = None
     process: subprocess.Popen | None = None
     _log_offset: int = 0
+
+    @classmethod
+    def on_free_ports(cls, repository: Path, log_file: Path, **options: Any) -> EmbeddedTriton:
+        """Triton for ``repository`` on loopback ports nothing uses now, not started."""
+        ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
+        return cls(repository, log_file=log_file, **ports, **options)
 
     @property
     def grpc_url(self) -> str:

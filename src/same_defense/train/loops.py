@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +82,37 @@ def _cosine_lr(
         group["lr"] = lr
 
 
+def _run_epochs(
+    model: nn.Module,
+    n: int,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    batch_loss: Callable[[np.ndarray], torch.Tensor],
+    desc: str,
+    seed: int,
+    warmup_steps: int = 0,
+) -> None:
+    """The one training loop: ``config.epochs`` passes over ``n`` samples in batches shuffled
+    with ``seed``, the learning rate on a cosine schedule (after ``warmup_steps`` of linear
+    warm-up), one optimiser step on ``batch_loss(index)`` per batch, and a progress bar."""
+    rng = np.random.default_rng(seed)
+    steps = config.epochs * math.ceil(n / config.batch_size)
+    bar = tqdm(total=steps, desc=f"train {desc}", disable=_no_bar(config), unit="step")
+    step = 0
+    for _ in range(config.epochs):
+        model.train()
+        for index in _batches(n, config.batch_size, rng):
+            _cosine_lr(optimizer, config.lr, step, steps, warmup=warmup_steps)
+            loss = batch_loss(index)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
+
+
 def train_classifier(
     model: nn.Module,
     images: np.ndarray,
@@ -93,32 +125,20 @@ def train_classifier(
     if labels is None and soft_targets is None:
         raise ValueError("need labels or soft targets")
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     device = torch.device(config.device)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps = config.epochs * math.ceil(len(images) / config.batch_size)
-    bar = tqdm(total=steps, desc=f"train {desc}", disable=_no_bar(config), unit="step")
-    step = 0
-    for _ in range(config.epochs):
-        model.train()
-        for index in _batches(len(images), config.batch_size, rng):
-            _cosine_lr(optimizer, config.lr, step, steps, warmup=0)
-            x = random_shift(torch.from_numpy(images[index]), config.augment_shift, gen)
-            logits = model(x.to(device))
-            if soft_targets is not None:
-                target = torch.from_numpy(soft_targets[index]).to(device)
-                loss = F.kl_div(F.log_softmax(logits, 1), target, reduction="batchmean")
-            else:
-                loss = F.cross_entropy(logits, torch.from_numpy(labels[index]).to(device))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            step += 1
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    bar.close()
+
+    def batch_loss(index: np.ndarray) -> torch.Tensor:
+        x = random_shift(torch.from_numpy(images[index]), config.augment_shift, gen)
+        logits = model(x.to(device))
+        if soft_targets is not None:
+            target = torch.from_numpy(soft_targets[index]).to(device)
+            return F.kl_div(F.log_softmax(logits, 1), target, reduction="batchmean")
+        return F.cross_entropy(logits, torch.from_numpy(labels[index]).to(device))
+
+    _run_epochs(model, len(images), config, optimizer, batch_loss, desc, config.seed)
     model.to("cpu").eval()
     return model
 
@@ -128,33 +148,20 @@ def train_mae(
 ) -> MaskedAutoencoder:
     """MAE training as the authors do it: AdamW (0.9, 0.95), warm-up then cosine, MSE / mask."""
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     device = torch.device(config.device)
     mae.to(device)
     optimizer = torch.optim.AdamW(
         mae.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay
     )
-    per_epoch = math.ceil(len(images) / config.batch_size)
-    steps = config.epochs * per_epoch
-    bar = tqdm(total=steps, desc="train MAE", disable=_no_bar(config), unit="step")
-    step = 0
     ratio = mae.config.mask_ratio
-    for _ in range(config.epochs):
-        mae.train()
-        for index in _batches(len(images), config.batch_size, rng):
-            _cosine_lr(optimizer, config.lr, step, steps, warmup=warmup_epochs * per_epoch)
-            x = random_shift(torch.from_numpy(images[index]), config.augment_shift, gen)
-            x = x.to(device)
-            recon = mae.forward_masked(x)
-            loss = F.mse_loss(recon, x) / max(ratio, 1e-6)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            step += 1
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    bar.close()
+
+    def batch_loss(index: np.ndarray) -> torch.Tensor:
+        x = random_shift(torch.from_numpy(images[index]), config.augment_shift, gen).to(device)
+        return F.mse_loss(mae.forward_masked(x), x) / max(ratio, 1e-6)
+
+    warmup = warmup_epochs * math.ceil(len(images) / config.batch_size)
+    _run_epochs(mae, len(images), config, optimizer, batch_loss, "MAE", config.seed, warmup)
     mae.to("cpu").eval()
     return mae
 
@@ -188,43 +195,29 @@ def train_shadow(
     mae.to(device).eval()
     shadow.to(device)
     torch.manual_seed(config.seed + 1)
-    rng = np.random.default_rng(config.seed + 1)
     gen = torch.Generator().manual_seed(config.seed + 1)
     if recipe == "authors":
         optimizer = torch.optim.SGD(shadow.parameters(), lr=config.lr, momentum=0.9)
     else:
         optimizer = torch.optim.Adam(shadow.parameters(), lr=config.lr)
-    steps = config.epochs * math.ceil(len(images) / config.batch_size)
-    bar = tqdm(total=steps, desc="train shadow", disable=_no_bar(config), unit="step")
-    step = 0
-    for _ in range(config.epochs):
-        shadow.train()
-        for index in _batches(len(images), config.batch_size, rng):
-            _cosine_lr(optimizer, config.lr, step, steps, warmup=0)
-            x = torch.from_numpy(images[index])
-            with torch.no_grad():
-                if recipe == "authors":
-                    shifted = random_shift(x, config.augment_shift, gen).to(device)
-                    recon = mae.forward_masked(shifted)
-                else:
-                    # Half masked (as the authors), half full reconstructions (as scored).
-                    x = x.to(device)
-                    recon = torch.cat([mae.forward_masked(x[::2]), mae.reconstruct(x[1::2])])
-                    target = torch.from_numpy(
-                        np.concatenate([victim_probs[index][::2], victim_probs[index][1::2]])
-                    ).to(device)
+
+    def batch_loss(index: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(images[index])
+        with torch.no_grad():
             if recipe == "authors":
-                target = torch.from_numpy(labels[index]).to(device)
-                loss = F.cross_entropy(shadow(recon), target)
+                recon = mae.forward_masked(random_shift(x, config.augment_shift, gen).to(device))
             else:
-                loss = F.kl_div(F.log_softmax(shadow(recon), 1), target, reduction="batchmean")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            step += 1
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    bar.close()
+                # Half masked (as the authors), half full reconstructions (as scored).
+                x = x.to(device)
+                recon = torch.cat([mae.forward_masked(x[::2]), mae.reconstruct(x[1::2])])
+        if recipe == "authors":
+            target = torch.from_numpy(labels[index]).to(device)
+            return F.cross_entropy(shadow(recon), target)
+        probs = victim_probs[index]
+        target = torch.from_numpy(np.concatenate([probs[::2], probs[1::2]])).to(device)
+        return F.kl_div(F.log_softmax(shadow(recon), 1), target, reduction="batchmean")
+
+    _run_epochs(shadow, len(images), config, optimizer, batch_loss, "shadow", config.seed + 1)
     mae.to("cpu")
     shadow.to("cpu").eval()
     return shadow

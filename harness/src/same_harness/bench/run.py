@@ -42,7 +42,7 @@ import numpy as np
 
 from same_defense.accounts.local_redis import LocalRedis
 from same_defense.core.manifest import is_built
-from same_defense.serving.embedded import EmbeddedTriton, free_port
+from same_defense.serving.embedded import EmbeddedTriton
 
 from ..load.common import (
     benign_images,
@@ -216,13 +216,7 @@ def run(args: argparse.Namespace, account_layer: bool = True) -> dict:
     try:
         url = args.url
         if served and not url:
-            server = EmbeddedTriton(
-                repository,
-                grpc_port=free_port(),
-                http_port=free_port(),
-                metrics_port=free_port(),
-                log_file=args.log_file,
-            ).start()
+            server = EmbeddedTriton.on_free_ports(repository, args.log_file).start()
             url = server.grpc_url
             server_pids = [server.process.pid]
             print(f"== serving on {url} (log {args.log_file})", flush=True)

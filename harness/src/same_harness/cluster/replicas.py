@@ -26,8 +26,9 @@ from pathlib import Path
 
 from same_defense.accounts.local_redis import LocalRedis
 from same_defense.core.manifest import manifest_path
+from same_defense.ports import free_port
 from same_defense.serving.deployment import KEY_HEADER
-from same_defense.serving.embedded import EmbeddedTriton, free_port
+from same_defense.serving.embedded import EmbeddedTriton
 
 from .balancer import Nginx, Tier
 

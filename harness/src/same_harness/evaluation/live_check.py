@@ -15,7 +15,7 @@ def grpc_check(ctx: Context, log_file: Path) -> dict:
     in-process pipeline with the served policy; report the largest difference."""
     from same_defense.export.repository import refresh_defense_code
     from same_defense.runtime.inprocess import InProcessSame
-    from same_defense.serving.embedded import EmbeddedTriton, free_port
+    from same_defense.serving.embedded import EmbeddedTriton
     from same_harness.data.queries import make_query_set
 
     from ..attacks import Dfme, GrpcOracle, InProcessOracle, Jbda, transfer_set
@@ -30,13 +30,7 @@ def grpc_check(ctx: Context, log_file: Path) -> dict:
         "natural": make_query_set("natural", n, ctx.shape, config.seed + 1),
         "noise": make_query_set("noise", n, ctx.shape, config.seed + 2),
     }
-    server = EmbeddedTriton(
-        repo,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        log_file=log_file,
-    )
+    server = EmbeddedTriton.on_free_ports(repo, log_file)
     reference = InProcessSame(repo)
     report: dict = {"policy": reference.settings.policy, "queries_per_set": n, "sets": {}}
     start = time.perf_counter()

@@ -11,12 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from same_defense.serving.embedded import free_port
+from same_defense.ports import free_port
 
 from .common import locustfile
+from .mix import LocustMix
 from .stats import read_locust_stats
 
 
@@ -29,11 +30,7 @@ class LoadSettings:
     spawn_rate: float = 4.0
     run_time_s: int = 60
     workers: int = 2
-    benign_weight: int = 8
-    synthetic_weight: int = 1
-    proxy_weight: int = 1
-    attack_batch: int = 16
-    attack_burst: int = 10
+    mix: LocustMix = field(default_factory=LocustMix)
     repository: Path = Path("model_repository")
 
 
@@ -49,16 +46,7 @@ def locustfile_options(s: LoadSettings, data_file: Path, keys_file: Path) -> lis
         str(data_file),
         "--keys-file",
         str(keys_file),
-        "--benign-weight",
-        str(s.benign_weight),
-        "--synthetic-weight",
-        str(s.synthetic_weight),
-        "--proxy-weight",
-        str(s.proxy_weight),
-        "--attack-batch",
-        str(s.attack_batch),
-        "--attack-burst",
-        str(s.attack_burst),
+        *s.mix.locustfile_args(),
     ]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from same_defense.accounts import KeyStore
 from same_defense.core.manifest import manifest_path
-from same_defense.serving.embedded import free_port
+from same_defense.ports import free_port
 
 
 class GatewayProcess:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from same_defense.serving.embedded import EmbeddedTriton, free_port
+from same_defense.serving.embedded import EmbeddedTriton
 from same_defense.serving.metrics import read_defense_counters
 
 from .common import (
@@ -36,6 +36,7 @@ from .common import (
     locustfile,
 )
 from .loadtest_report import MODELS, plot, summary_of_run
+from .mix import LocustMix
 from .stats import read_locust_stats
 
 
@@ -47,14 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_locustfile_argument(p)
     p.add_argument("--out", type=Path, default=Path("reports/loadtest"))
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    p.add_argument("--users", type=int, default=20, help="simulated users per run")
-    p.add_argument("--spawn-rate", type=float, default=10.0, help="users started per second")
-    p.add_argument("--run-time", default="60s", help="Locust run time per model (60s, 2m)")
-    p.add_argument("--benign-weight", type=int, default=8)
-    p.add_argument("--synthetic-weight", type=int, default=1)
-    p.add_argument("--proxy-weight", type=int, default=1)
-    p.add_argument("--attack-batch", type=int, default=16, help="images per attacker request")
-    p.add_argument("--attack-burst", type=int, default=10, help="attacker requests per burst")
+    LocustMix.add_arguments(p, users=20, spawn_rate=10.0)
     p.add_argument(
         "--processes",
         type=int,
@@ -108,16 +102,7 @@ def locust_command(args: argparse.Namespace, model: str, host: str, data_file: P
         str(args.repository),
         "--data-file",
         str(data_file),
-        "--benign-weight",
-        str(args.benign_weight),
-        "--synthetic-weight",
-        str(args.synthetic_weight),
-        "--proxy-weight",
-        str(args.proxy_weight),
-        "--attack-batch",
-        str(args.attack_batch),
-        "--attack-burst",
-        str(args.attack_burst),
+        *LocustMix.from_args(args).locustfile_args(),
     ]
     if args.processes:
         command += ["--processes", str(args.processes)]
@@ -164,13 +149,7 @@ def _run_models(args: argparse.Namespace, data_file: Path) -> tuple[dict, dict, 
     try:
         url, metrics_url = args.url, args.metrics_url
         if not url:
-            server = EmbeddedTriton(
-                args.repository,
-                grpc_port=free_port(),
-                http_port=free_port(),
-                metrics_port=free_port(),
-                log_file=args.log_file,
-            ).start()
+            server = EmbeddedTriton.on_free_ports(args.repository, args.log_file).start()
             url, metrics_url = server.grpc_url, server.metrics_url
             print(f"== serving on {url} (log {args.log_file})", flush=True)
         for model in args.models:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import current_settings
+from .mix import LocustMix
 from .stats import ratio
 
 MODELS = ("same", "victim")
@@ -95,7 +96,7 @@ def summary_of_run(args: argparse.Namespace, stats: dict, counters: dict, codes:
         "users": args.users,
         "spawn_rate": args.spawn_rate,
         "run_time": args.run_time,
-        "weights": f"{args.benign_weight}:{args.synthetic_weight}:{args.proxy_weight}",
+        "weights": LocustMix.from_args(args).weights,
         "attack_batch": args.attack_batch,
         "attack_burst": args.attack_burst,
         "processes": args.processes,

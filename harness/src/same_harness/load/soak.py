@@ -24,11 +24,11 @@ import psutil
 from same_defense.accounts import KeyStore
 from same_defense.gateway.options import AccountOptions
 from same_defense.serving.deployment import ProtectedService
-from same_defense.serving.embedded import free_port
 from same_defense.serving.metrics import read_defense_counters
 
 from .common import add_locustfile_argument, ensure_repository, exit_on_sigterm, load_test_data
 from .loadtest import locust_command, run_locust, run_seconds
+from .mix import LocustMix
 from .stats import read_locust_stats
 
 MAX_GROWTH = 0.10
@@ -123,13 +123,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("reports/soak"))
     p.add_argument("--report", type=Path, default=Path("reports/soak.json"))
     p.add_argument("--run-time", default="11m", help="Locust run time (at least 10m to pass)")
-    p.add_argument("--users", type=int, default=12)
-    p.add_argument("--spawn-rate", type=float, default=4.0)
-    p.add_argument("--benign-weight", type=int, default=8)
-    p.add_argument("--synthetic-weight", type=int, default=1)
-    p.add_argument("--proxy-weight", type=int, default=1)
-    p.add_argument("--attack-batch", type=int, default=16)
-    p.add_argument("--attack-burst", type=int, default=10)
+    LocustMix.add_arguments(p, users=12, spawn_rate=4.0)
     p.add_argument("--interval", type=float, default=5.0, help="memory sampling period (s)")
     p.add_argument("--log-file", type=Path, default=Path("logs/soak-tritonserver.log"))
     args = p.parse_args(argv)
@@ -147,13 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     duration = run_seconds(args.run_time)
     args.keys_file = workdir / "locust-keys.json"
     key_store = provision_keys(workdir / "keys.json", args.keys_file, args.users)
-    service = ProtectedService(
-        args.repository,
-        public_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        log_file=args.log_file,
-        accounts=AccountOptions(keys_file=key_store),
+    service = ProtectedService.on_free_ports(
+        args.repository, args.log_file, AccountOptions(keys_file=key_store)
     )
     try:
         service.start()
@@ -181,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "run_time_s": duration,
         "users": args.users,
-        "weights": f"{args.benign_weight}:{args.synthetic_weight}:{args.proxy_weight}",
+        "weights": LocustMix.from_args(args).weights,
         "requests_served": total.get("requests"),
         "failures": total.get("failures"),
         "per_class": {k: v for k, v in stats.items() if k != "Aggregated"},
