@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("reports/loadtest"))
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     LocustMix.add_arguments(p, users=20, spawn_rate=10.0)
+    p.add_argument("--run-time", default="60s", help="Locust run time per model (60s, 2m)")
     p.add_argument(
         "--processes",
         type=int,
