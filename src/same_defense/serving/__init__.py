@@ -1,1 +1,2 @@
-"""Serving: the embedded Triton server and the in-process pipeline over the same repository."""
+"""Serving: the embedded Triton server, its Python-based onnxruntime backend and the Triton
+defense step (package data), and ``same-serve``: Triton on loopback behind the gateway."""
