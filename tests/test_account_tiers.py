@@ -8,7 +8,9 @@ import pytest
 
 from same_defense.accounts import AccountService, MemoryStore, sample_hashes
 from same_defense.accounts.links import account_links, client_address, network_of
-from same_defense.accounts.population import PopulationMonitor
+from same_defense.accounts.local_redis import LocalRedis
+from same_defense.accounts.population import PopulationMonitor, RedisAlarmLog
+from same_defense.accounts.store import RedisStore
 from same_defense.core import REVIEW, SUSPECTED, account_evidence, score_pvalues
 from same_defense.core.accounts import AccountSettings, AccountState, update_state
 from same_defense.export.calibration import account_settings_for
@@ -123,6 +125,39 @@ def test_a_drift_of_established_accounts_is_held_and_alerted_not_suspected():
     tiers = [service.tier(f"c{j}", (f"net:10.0.{j}.0/24",)) for j in range(8)]
     assert tiers == [""] * 8
     assert {a for a, s in service.suspected() if s.held} == {f"c{j}" for j in range(8)}
+
+
+@pytest.mark.redis
+def test_gateways_on_one_redis_see_one_population(tmp_path):
+    """Eight drifting customers, four behind each of two gateways: neither gateway alone sees
+    the five a drift needs; on one Redis their alarms are one population and all are held."""
+    settings = AccountSettings(levels=(0.2,), lifts=(0.5,), h=10.0, young_queries=20)
+    exceed = np.column_stack([np.zeros(30), np.full(30, -1), np.zeros(30)])
+
+    def drift(services: list[AccountService]) -> list[bool]:
+        for j in range(8):
+            service, links = services[j % 2], (f"net:10.0.{j}.0/24",)
+            _history(service, f"c{j}", links, seed=j)
+            service.record(f"c{j}", exceed, [f"{j}-{i}" for i in range(30)], links)
+        return [s.population.drift_since is not None for s in services]
+
+    with LocalRedis(tmp_path) as redis_server:
+
+        def gateway(shared_alarms: bool, prefix: str) -> AccountService:
+            log = RedisAlarmLog(redis_server.url, key=f"{prefix}:alarms") if shared_alarms else None
+            monitor = PopulationMonitor(drift_accounts=5, window_s=3600, log=log)
+            store = RedisStore(redis_server.url, prefix=prefix)
+            return AccountService(settings, store, clock=lambda: 0.0, population=monitor)
+
+        # Each gateway with its own memory of alarms: four each, no drift, all in review.
+        apart = [gateway(False, "apart"), gateway(False, "apart")]
+        assert drift(apart) == [False, False]
+        assert all(apart[0].tier(f"c{j}") == REVIEW for j in range(8))
+        # The same traffic with the alarms in Redis: one drift, seen by both, all held.
+        shared = [gateway(True, "shared"), gateway(True, "shared")]
+        assert drift(shared) == [True, True]
+        assert all(shared[0].tier(f"c{j}") == "" for j in range(8))
+        assert {a for a, s in shared[1].suspected() if s.held} == {f"c{j}" for j in range(8)}
 
 
 def test_a_swarm_of_new_keys_is_not_a_drift():

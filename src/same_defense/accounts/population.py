@@ -20,13 +20,22 @@ thieves. What this costs: a thief patient enough to give each of many unrelated 
 in-distribution queries first, and then to turn them all at once, looks like a drift and is
 held until the operator looks (docs/serving.md, threat model). Customers who arrive with
 shifted data are new accounts: they are reviewed (top-1 labels, no loss of accuracy), not held.
+
+Several gateways share one population: with ``--redis`` the alarms go to a Redis sorted set
+(:class:`RedisAlarmLog`) that every gateway reads, so a drift whose accounts happen to be
+spread over the replicas (fewer than ``drift_accounts`` behind each) is still seen as one.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
+
+from .store import StoreUnavailable
 
 
 @dataclass(frozen=True)
@@ -36,28 +45,89 @@ class Alarm:
     at: float
 
 
+class AlarmLog(Protocol):
+    """Where the population's alarms are kept: one gateway's memory, or shared in Redis."""
+
+    def add(self, alarm: Alarm) -> None: ...
+
+    def since(self, start: float) -> list[Alarm]:
+        """The alarms at or after ``start``, oldest first (older ones may be dropped)."""
+        ...
+
+
+class MemoryAlarmLog:
+    """One gateway's alarms (a single gateway, the tests and the offline evaluation)."""
+
+    def __init__(self) -> None:
+        self._alarms: deque[Alarm] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, alarm: Alarm) -> None:
+        with self._lock:
+            self._alarms.append(alarm)
+
+    def since(self, start: float) -> list[Alarm]:
+        with self._lock:
+            while self._alarms and self._alarms[0].at < start:
+                self._alarms.popleft()
+            return list(self._alarms)
+
+
+class RedisAlarmLog:
+    """The alarms of every gateway on one Redis, in the sorted set ``key`` (score: time)."""
+
+    def __init__(self, url: str, key: str = "same:population:alarms", timeout_s: float = 1.0):
+        import redis  # only where Redis is used
+
+        self.key = key
+        self.url = url
+        self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
+        )
+
+    def _call(self, fn: Callable):
+        try:
+            return fn()
+        except self._errors as exc:
+            raise StoreUnavailable(f"population alarms at {self.url} unavailable: {exc}") from None
+
+    def add(self, alarm: Alarm) -> None:
+        member = json.dumps([alarm.account, list(alarm.links), alarm.at])
+        self._call(lambda: self.client.zadd(self.key, {member: alarm.at}))
+
+    def since(self, start: float) -> list[Alarm]:
+        def read() -> list[str]:
+            with self.client.pipeline() as pipe:
+                pipe.zremrangebyscore(self.key, "-inf", f"({start}")
+                pipe.zrangebyscore(self.key, start, "+inf")
+                return pipe.execute()[1]
+
+        rows = [json.loads(member) for member in self._call(read)]
+        return [Alarm(account, tuple(links), float(at)) for account, links, at in rows]
+
+
 class PopulationMonitor:
     """Recent alarms, and whether enough unrelated accounts share them to call it drift."""
 
-    def __init__(self, drift_accounts: int = 5, window_s: float = 24 * 3600.0) -> None:
+    def __init__(
+        self,
+        drift_accounts: int = 5,
+        window_s: float = 24 * 3600.0,
+        log: AlarmLog | None = None,
+    ) -> None:
         if drift_accounts < 2 or window_s <= 0:
             raise ValueError("need drift_accounts >= 2 and window_s > 0")
         self.drift_accounts = drift_accounts
         self.window_s = window_s
-        self._alarms: deque[Alarm] = deque()
+        self.log: AlarmLog = log if log is not None else MemoryAlarmLog()
         self._lock = threading.Lock()
         self.drift_since: float | None = None
-        self.drifts = 0  # times the alert was raised
-
-    def _expire(self, now: float) -> None:
-        while self._alarms and now - self._alarms[0].at > self.window_s:
-            self._alarms.popleft()
+        self.drifts = 0  # times this gateway raised the alert
 
     def unrelated(self, now: float) -> list[Alarm]:
         """A greedy set of recent alarms that share no link with each other."""
-        with self._lock:
-            self._expire(now)
-            alarms = list(self._alarms)
+        alarms = self.log.since(now - self.window_s)
         chosen: list[Alarm] = []
         seen_accounts: set[str] = set()
         seen_links: set[str] = set()
@@ -71,8 +141,7 @@ class PopulationMonitor:
 
     def alarm(self, account: str, links: tuple[str, ...], now: float) -> bool:
         """Record an account's alarm; True when the population is (now) drifting."""
-        with self._lock:
-            self._alarms.append(Alarm(account, tuple(links), now))
+        self.log.add(Alarm(account, tuple(links), now))
         return self.drifting(now)
 
     def drifting(self, now: float) -> bool:
@@ -88,6 +157,4 @@ class PopulationMonitor:
 
     def recent_accounts(self, now: float) -> list[str]:
         """Every account with an alarm inside the window (the ones a drift holds)."""
-        with self._lock:
-            self._expire(now)
-            return list(dict.fromkeys(a.account for a in self._alarms))
+        return list(dict.fromkeys(a.account for a in self.log.since(now - self.window_s)))

@@ -11,7 +11,7 @@ from ..accounts import AccountService, KeyStore, MemoryStore, RedisStore
 from ..accounts.admin import DEFAULT_ADMIN_LISTEN, DEFAULT_TOKEN_FILE
 from ..accounts.audit import DEFAULT_AUDIT_LOG, AuditLog
 from ..accounts.keys import DEFAULT_KEY_FILE
-from ..accounts.population import PopulationMonitor
+from ..accounts.population import PopulationMonitor, RedisAlarmLog
 from ..accounts.service import FAIL_MODES
 from ..core.accounts import account_settings_from_manifest
 from .accounting import Authenticator, Throttle
@@ -79,7 +79,9 @@ class AccountOptions:
         store = (
             RedisStore(self.redis_url) if self.redis_url else MemoryStore(settings.dedupe_window)
         )
-        population = PopulationMonitor() if self.drift_monitor else None
+        # With Redis every gateway sees every gateway's alarms: one population, not one each.
+        alarms = RedisAlarmLog(self.redis_url) if self.redis_url else None
+        population = PopulationMonitor(log=alarms) if self.drift_monitor else None
         return AccountService(
             settings, store, on_store_error=self.on_store_error, population=population
         )
