@@ -62,7 +62,9 @@ soak: $(STAMP)
 
 # Closed-loop throughput and latency of `same` against `victim`: reports/bench.json.
 # Build if needed; closed-loop benchmark (batch 1/8/64 x concurrency 1/4/16) of `same`,
-# `victim` and the same graphs in-process; reports/bench.json. BENCH_ARGS="..." as above.
+# `victim` (as many instances as the reconstructor: equal footing), through the gateway and
+# in-process; batch-1 added latency and gateway CPU per request; reports/bench.json.
+# BENCH_ARGS="..." as above.
 bench: $(STAMP)
 	$(PY) -m same_defense.load.bench $(BENCH_ARGS)
 
