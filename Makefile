@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install system-deps repository demo serve test test-unit lint clean loadtest bench evaluate soak cluster deploy docs variants gpu-check
+.PHONY: help install system-deps repository demo serve test test-unit lint clean loadtest under-attack bench evaluate soak cluster deploy docs variants gpu-check
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # List the targets with the first line of the comment above each.
@@ -53,6 +53,12 @@ serve: $(STAMP)
 # Options: make loadtest LOADTEST_ARGS="--run-time 2m --users 40" (see --help).
 loadtest: $(STAMP)
 	$(PY) -m same_defense.load.loadtest $(LOADTEST_ARGS)
+
+# Honest users alone, beside attackers, alone again (Locust, protected endpoint): reports/under_attack.json.
+# Build if needed; three Locust runs of 45 s on one server (gateway + Triton): honest p50/p99
+# with and without attackers in one run. UNDER_ATTACK_ARGS="--run-time 2m" etc.
+under-attack: $(STAMP)
+	$(PY) -m same_defense.load.under_attack $(UNDER_ATTACK_ARGS)
 
 # 11-minute soak of the protected endpoint under benign and attacker load: reports/soak.json.
 # Build if needed; 11 min of Locust (benign + attacker users) against the protected endpoint
