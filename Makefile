@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install system-deps repository demo serve test test-unit lint clean loadtest bench evaluate soak cluster deploy docs variants gpu-check
+.PHONY: help install system-deps repository demo serve test test-unit lint clean loadtest under-attack bench evaluate soak cluster deploy docs variants gpu-check
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # List the targets with the first line of the comment above each.
@@ -54,6 +54,12 @@ serve: $(STAMP)
 loadtest: $(STAMP)
 	$(PY) -m same_harness.load.loadtest $(LOADTEST_ARGS)
 
+# Honest users alone, beside attackers, alone again (Locust, protected endpoint): reports/under_attack.json.
+# Build if needed; three Locust runs of 45 s on one server (gateway + Triton): honest p50/p99
+# with and without attackers in one run. UNDER_ATTACK_ARGS="--run-time 2m" etc.
+under-attack: $(STAMP)
+	$(PY) -m same_harness.load.under_attack $(UNDER_ATTACK_ARGS)
+
 # 11-minute soak of the protected endpoint under benign and attacker load: reports/soak.json.
 # Build if needed; 11 min of Locust (benign + attacker users) against the protected endpoint
 # (gateway + Triton), sampling server/stub memory; reports/soak.json. SOAK_ARGS="..." as above.
@@ -62,7 +68,9 @@ soak: $(STAMP)
 
 # Closed-loop throughput and latency of `same` against `victim`: reports/bench.json.
 # Build if needed; closed-loop benchmark (batch 1/8/64 x concurrency 1/4/16) of `same`,
-# `victim` and the same graphs in-process; reports/bench.json. BENCH_ARGS="..." as above.
+# `victim` (as many instances as the reconstructor: equal footing), through the gateway and
+# in-process; batch-1 added latency and gateway CPU per request; reports/bench.json.
+# BENCH_ARGS="..." as above.
 bench: $(STAMP)
 	$(PY) -m same_harness.bench.run $(BENCH_ARGS)
 

@@ -28,6 +28,8 @@ from same_defense.export.calibration import account_settings_for
 from same_defense.gateway.accounting import (
     Authenticator,
     InternalOutputRequested,
+    LaneFull,
+    SuspectLane,
     Throttle,
     Unauthenticated,
     finish_infer,
@@ -196,6 +198,50 @@ def test_redis_store_and_both_failure_modes(tmp_path):
             closed.is_suspected("eve")
         assert opened.is_suspected("eve") is False
         assert opened.record("eve", np.zeros(1), ["h"]) is None and opened.store_errors == 2
+
+
+def test_suspect_lane_lets_one_through_at_a_time_and_bounds_the_waiting():
+    import threading
+
+    lane = SuspectLane(in_flight=1, waiting=1)
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lane.slot():
+            inside.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert inside.wait(10)
+    with pytest.raises(TimeoutError):  # the caller's deadline passes while it waits its turn
+        with lane.slot(timeout_s=0.05):
+            pass
+    waiter_done = threading.Event()
+
+    def wait_turn() -> None:
+        with lane.slot(timeout_s=10):
+            waiter_done.set()
+
+    waiter = threading.Thread(target=wait_turn)
+    waiter.start()
+    # one in flight and one waiting: a third is refused at once rather than queued
+    for _ in range(200):
+        with lane._lock:
+            if lane._occupancy == 2:
+                break
+        threading.Event().wait(0.01)
+    with pytest.raises(LaneFull):
+        with lane.slot(timeout_s=10):
+            pass
+    release.set()
+    holder.join(10)
+    waiter.join(10)
+    assert waiter_done.is_set()
+    with lane.slot(timeout_s=0.05):  # empty again
+        pass
+    with pytest.raises(ValueError):
+        SuspectLane(in_flight=0)
 
 
 def test_throttle_allows_the_rate_and_refills():

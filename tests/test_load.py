@@ -107,6 +107,45 @@ def test_overrides_are_checked():
         parse_overrides(["reconstructor_instance=2"])
 
 
+def test_bench_serves_the_victim_on_equal_footing_by_default(tmp_path):
+    from same_defense.export.model_configs import ServingSettings, write_configs
+
+    write_configs(tmp_path, ServingSettings(victim_instances=1, reconstructor_instances=2))
+    assert bench.equal_footing(tmp_path, {}) == {"victim_instances": 2}
+    # an explicit choice wins, and a victim that already has as many is left alone
+    assert bench.equal_footing(tmp_path, {"victim_instances": 1}) == {"victim_instances": 1}
+    write_configs(tmp_path, ServingSettings(victim_instances=3, reconstructor_instances=2))
+    assert bench.equal_footing(tmp_path, {"policy": "monitor"}) == {"policy": "monitor"}
+
+
+def test_batch1_figures_are_judged_against_the_issue_bounds():
+    from same_harness.bench.derive import batch1
+
+    def cell(p50, gateway_cpu=None):
+        out = {"p50_ms": p50, "p99_ms": 2 * p50, "images_per_s": 1.0}
+        return out | ({"gateway_cpu_ms_per_request": gateway_cpu} if gateway_cpu else {})
+
+    results = {
+        "victim": {"1": {"1": cell(1.0)}},
+        "same": {"1": {"1": cell(1.8)}},
+        "gateway_same_keys_only": {"1": {"1": cell(2.0, 0.3)}},
+        "gateway_same": {"1": {"1": cell(2.5, 0.7)}},
+    }
+    derived = bench.derive(results, [1], [1], server_cpu=False)
+    figures = derived["batch1"]
+    assert figures["same_added_p50_ms"] == pytest.approx(0.8)
+    assert figures["gateway_added_p50_ms"] == pytest.approx(0.7)
+    assert figures["gateway_keys_only_added_p50_ms"] == pytest.approx(0.2)
+    assert figures["gateway_cpu_ms_per_request"] == 0.7
+    assert figures["goals_met"] == {
+        "same_added_p50_ms": True,
+        "gateway_added_p50_ms": False,
+        "gateway_cpu_ms_per_request": False,
+    }
+    # nothing measured through a gateway: those goals are not met, not guessed
+    assert not batch1({}, {})["goals_met"]["gateway_cpu_ms_per_request"]
+
+
 def test_closed_loop_counts_requests_in_the_window():
     def worker():
         return (lambda batch: time.sleep(0.002)), (lambda: None)
@@ -235,3 +274,7 @@ def test_tiny_bench_writes_the_expected_keys(server, tiny_repository, tmp_path, 
     cost = report["account_layer_us"]["4"]
     assert cost["with_accounts"] > cost["keys_only"] > 0 and "added_with_accounts_redis" in cost
     assert report["ratios"]["gateway_same/same"]["4"]["2"]["throughput"] > 0
+    for target in bench.GATEWAY:  # the gateway's own CPU, per request
+        assert report["results"][target]["1"]["1"]["gateway_cpu_ms_per_request"] > 0
+    assert report["batch1"]["gateway_cpu_ms_per_request"] > 0
+    assert report["batch1"]["same_added_p50_ms"] is not None

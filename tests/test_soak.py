@@ -58,3 +58,30 @@ def test_short_soak_through_the_gateway(tiny_repository, tmp_path):
     assert report["defense_counters"]["scored"] > 0
     assert report["memory"]["samples"] >= 3
     assert report["passed"] is False and code == 1  # 15 s is not a soak: never reported as one
+
+
+def test_short_under_attack_run_reports_honest_latency_with_and_without_attackers(
+    tiny_repository, tmp_path
+):
+    """Three 5 s Locust runs through the gateway: honest alone, beside attackers, alone."""
+    import json
+
+    from same_harness.load.under_attack import RUNS, main  # Locust runs as a subprocess
+
+    report_path = tmp_path / "under_attack.json"
+    assert (
+        main(
+            ["--repository", str(tiny_repository), "--run-time", "5s"]
+            + ["--honest-users", "2", "--attackers", "1", "--out", str(tmp_path / "runs")]
+            + ["--report", str(report_path), "--log-file", str(tmp_path / "triton.log")]
+        )
+        == 0
+    )
+    report = json.loads(report_path.read_text())
+    assert set(report["runs"]) == set(RUNS)
+    assert all(report["runs"][run]["honest"]["requests"] > 0 for run in RUNS)
+    assert report["honest_failures"] == 0
+    assert "attacker-proxy" in report["runs"]["attacked"]
+    assert "attacker-proxy" not in report["runs"]["alone"]
+    assert report["honest_p99_ratio"] is not None
+    assert report["gateway"]["suspected_in_flight"] == "1"  # the lane is on by default

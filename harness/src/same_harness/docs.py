@@ -88,13 +88,20 @@ def _accounts_rows(acc: dict) -> list[list]:
 
 
 def _bench_rows(bench: dict) -> list[list]:
-    return [
+    rows = [
         [
             f"same / victim throughput, batch {batch}",
             cell(goal.get("throughput_ratio_at_saturation")),
         ]
         for batch, goal in bench.get("goals", {}).items()
     ]
+    one = bench.get("batch1") or {}
+    labels = {
+        "same_added_p50_ms": "batch 1: `same` p50 over the victim, ms",
+        "gateway_added_p50_ms": "batch 1: the gateway's added p50, ms",
+        "gateway_cpu_ms_per_request": "gateway CPU per request, ms",
+    }
+    return rows + [[label, cell(one[key])] for key, label in labels.items() if key in one]
 
 
 def _cluster_rows(cluster: dict) -> list[list]:

@@ -4,6 +4,8 @@
   operator's :class:`~same_defense.accounts.KeyStore`; or, in the explicit anonymous mode, the
   caller's peer address is the account.
 - :class:`Throttle`: the optional rate limit for accounts under suspicion.
+- :class:`SuspectLane`: the default bound on how many requests of accounts under suspicion
+  are at Triton at once, so that a thief's load cannot make honest users wait.
 - :func:`prepare_infer` / :func:`finish_infer`: rewrite a ``ModelInfer`` on its way to Triton
   (ask for the internal ``ACCOUNT_PVALUE`` output, state the account's tier, "review" or
   "suspected", in a request parameter, which the gateway alone may set) and on its way back
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,3 +165,51 @@ class Throttle:
             allowed = tokens >= 1.0
             self._buckets[account] = (tokens - 1.0 if allowed else tokens, now)
         return allowed
+
+
+class LaneFull(Exception):
+    """Too many requests of accounts under suspicion are already waiting at this gateway."""
+
+
+class SuspectLane:
+    """At most ``in_flight`` requests of accounts under suspicion (tier "review" or
+    "suspected") at Triton at once, per gateway; up to ``waiting`` more wait for their turn,
+    beyond that they are refused (:class:`LaneFull`).
+
+    Without it a thief's closed loop of large batches takes as much of Triton as it asks
+    for, and every honest request queues behind it (honest p50 rose 6x under four attacker
+    users; issue 20). Honest accounts never enter the lane. Suspected ones are still answered
+    (with the policy), only one at a time; the waiting bound keeps them from holding every
+    worker thread of the gateway.
+    """
+
+    def __init__(self, in_flight: int = 1, waiting: int = 8) -> None:
+        if in_flight < 1 or waiting < 0:
+            raise ValueError(f"need in_flight >= 1 and waiting >= 0, got {in_flight}, {waiting}")
+        self.in_flight, self.waiting = in_flight, waiting
+        self._slots = threading.Semaphore(in_flight)
+        self._lock = threading.Lock()
+        self._occupancy = 0  # in flight + waiting
+
+    @contextmanager
+    def slot(self, timeout_s: float | None = None) -> Iterator[None]:
+        """Hold one of the in-flight places for the duration of the block; raises
+        :class:`LaneFull` when the lane is full, TimeoutError when ``timeout_s`` (the caller's
+        deadline) passes first."""
+        with self._lock:
+            if self._occupancy >= self.in_flight + self.waiting:
+                raise LaneFull(
+                    f"account under review: {self.waiting} of its tier's requests are already "
+                    "waiting at this gateway; retry later"
+                )
+            self._occupancy += 1
+        try:
+            if not self._slots.acquire(timeout=timeout_s):
+                raise TimeoutError("deadline passed while waiting behind other suspected requests")
+            try:
+                yield
+            finally:
+                self._slots.release()
+        finally:
+            with self._lock:
+                self._occupancy -= 1

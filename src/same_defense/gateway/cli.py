@@ -84,6 +84,7 @@ def _run(argv: list[str] | None) -> int:
             accounts=options.service(manifest),
             metrics_port=args.metrics_port,
             throttle=options.throttle(),
+            lane=options.lane(),
             rules=options.rules(),
             http_listen=None if args.no_http else args.http_listen,
             metrics_host=args.metrics_host,

@@ -14,7 +14,7 @@ from ..accounts.keys import DEFAULT_KEY_FILE
 from ..accounts.population import PopulationMonitor, RedisAlarmLog
 from ..accounts.service import FAIL_MODES
 from ..core.accounts import account_settings_from_manifest
-from .accounting import Authenticator, Throttle
+from .accounting import Authenticator, SuspectLane, Throttle
 from .proxy import AdminOptions
 from .rules import AccountRules
 
@@ -31,6 +31,9 @@ class AccountOptions:
     on_store_error: str = "closed"
     account_defense: bool = True  # False: per-query SAME only
     suspected_rate: float | None = None  # requests/s for a suspected account (None: no limit)
+    # Requests of accounts under suspicion at Triton at once, per gateway (0: no bound); by
+    # default one, so that a thief's load does not make honest users wait (issue 20).
+    suspected_in_flight: int = 1
     audit_log: Path | None = None  # the audit trail's file (None: no audit trail)
     admin_listen: str | None = None  # the admin API's host:port (None: no admin API)
     admin_token_file: Path = field(default_factory=lambda: DEFAULT_TOKEN_FILE)
@@ -60,6 +63,9 @@ class AccountOptions:
 
     def throttle(self) -> Throttle | None:
         return Throttle(self.suspected_rate) if self.suspected_rate else None
+
+    def lane(self) -> SuspectLane | None:
+        return SuspectLane(self.suspected_in_flight) if self.suspected_in_flight > 0 else None
 
     def authenticator(self) -> Authenticator:
         if self.anonymous:
@@ -106,6 +112,13 @@ def add_account_arguments(p: argparse.ArgumentParser) -> None:
         "--suspected-rate",
         type=float,
         help="also throttle suspected accounts to this many requests/s (per gateway)",
+    )
+    g.add_argument(
+        "--suspected-in-flight",
+        type=int,
+        default=AccountOptions.suspected_in_flight,
+        help="requests of accounts under suspicion at Triton at once, per gateway; the rest "
+        "wait their turn (default %(default)s; 0: no bound, they compete with honest users)",
     )
     g.add_argument(
         "--no-account-defense", action="store_true", help="per-query SAME only (no account test)"
@@ -172,6 +185,7 @@ def options_from_args(args: argparse.Namespace) -> AccountOptions:
         on_store_error=args.on_store_error,
         account_defense=not args.no_account_defense,
         suspected_rate=args.suspected_rate,
+        suspected_in_flight=args.suspected_in_flight,
         audit_log=None if args.no_audit_log else args.audit_log,
         admin_listen=None if args.no_admin else args.admin_listen,
         admin_token_file=args.admin_token_file,

@@ -21,7 +21,7 @@ from tritonclient.grpc import service_pb2
 from ..accounts import AccountService
 from ..accounts.admin import DEFAULT_ADMIN_LISTEN, DEFAULT_TOKEN_FILE, AdminApi, AdminServer
 from ..accounts.audit import AuditLog, ExpiryWatch, key_changes
-from .accounting import Authenticator, Throttle
+from .accounting import Authenticator, SuspectLane, Throttle
 from .metrics import GatewayMetrics
 from .rules import (
     MAX_MESSAGE_BYTES,
@@ -110,6 +110,7 @@ class GatewayServer:
         admin: AdminOptions | None = None,
         audit: AuditLog | None = None,
         rules: AccountRules | None = None,
+        lane: SuspectLane | None = None,
     ) -> None:
         """``auth`` is required: a key store, or the explicit anonymous mode. ``accounts``
         enables the account-level defense (None: per-query SAME only). ``metrics_port``
@@ -118,7 +119,8 @@ class GatewayServer:
         HTTP front end, which goes through the same rules (None: gRPC only). ``upstream``
         is one Triton address, several separated by commas (round robin), or ``dns:///``.
         ``admin`` starts the operator's admin API on its own address; ``audit`` records
-        every change of an account's standing."""
+        every change of an account's standing; ``lane`` bounds how many requests of accounts
+        under suspicion reach Triton at once (None: no bound)."""
         if auth is None:
             raise ValueError("the gateway needs an Authenticator (API keys or anonymous=True)")
         options = [
@@ -139,7 +141,7 @@ class GatewayServer:
             self._wire_audit(audit, auth, accounts)
         self._channel = UpstreamChannels(upstream, options)
         self.core = GatewayCore(
-            self._channel, self.policy, auth, accounts, self.metrics, throttle, rules
+            self._channel, self.policy, auth, accounts, self.metrics, throttle, rules, lane
         )
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
         self._server.add_generic_rpc_handlers((_Handler(self.core),))

@@ -26,6 +26,8 @@ from ..core.layout import ACCOUNT_OUTPUT
 from .accounting import (
     Authenticator,
     InternalOutputRequested,
+    LaneFull,
+    SuspectLane,
     Throttle,
     Unauthenticated,
     finish_infer,
@@ -145,10 +147,12 @@ class GatewayCore:
         metrics: GatewayMetrics,
         throttle: Throttle | None = None,
         rules: AccountRules | None = None,
+        lane: SuspectLane | None = None,
     ) -> None:
         self.channel = channel
         self.rules = rules or AccountRules()
         self.throttle = throttle
+        self.lane = lane
         self.policy = policy
         self.auth = auth
         self.accounts = accounts
@@ -214,9 +218,7 @@ class GatewayCore:
                 )
             prepared = prepare_infer(request, tier)
             samples = prepared.samples
-            response, evidence = finish_infer(
-                self._upstream_call("ModelInfer", prepared.request, caller)
-            )
+            response, evidence = finish_infer(self._infer_upstream(prepared.request, tier, caller))
             if evidence is not None and len(evidence) != prepared.samples:
                 evidence = None  # not this ensemble's answer: nothing to feed the test
             if tier and self.rules.tell_review:
@@ -235,6 +237,18 @@ class GatewayCore:
             raise GatewayError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
         self.metrics.observe(account, samples, tier)
         return response
+
+    def _infer_upstream(self, request: bytes, tier: str, caller: Caller) -> bytes:
+        """Triton's answer; an account under suspicion waits for its turn in the lane."""
+        if not tier or self.lane is None:
+            return self._upstream_call("ModelInfer", request, caller)
+        try:
+            with self.lane.slot(caller.time_left()):
+                return self._upstream_call("ModelInfer", request, caller)
+        except LaneFull as exc:
+            raise GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        except TimeoutError as exc:
+            raise GatewayError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)) from None
 
     def links(self, account: str, caller: Caller) -> tuple[str, ...]:
         """The caller's network and its key's group: the states its evidence also feeds."""

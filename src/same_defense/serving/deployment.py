@@ -95,6 +95,7 @@ class ProtectedService:
                 accounts=self.accounts.service(manifest),
                 metrics_port=self.gateway_metrics_port,
                 throttle=self.accounts.throttle(),
+                lane=self.accounts.lane(),
                 rules=self.accounts.rules(),
                 http_listen=http,
                 admin=self.accounts.admin(),

@@ -50,10 +50,12 @@ def derive(
         "victim/inprocess_victim": ("victim", "inprocess_victim"),
         "gateway_same/same": ("gateway_same", "same"),
     }
-    # Added latency, in ms, per cell: everything the public endpoint adds, the gateway's own
+    # Added latency, in ms, per cell: what the defense adds over the bare victim (both on
+    # Triton directly), everything the public endpoint adds, the gateway's own
     # share (keys only vs Triton directly) and the account layer's (account defense on vs
     # off, both through a gateway).
     added = {
+        "same_over_victim": ("same", "victim"),
         "gateway_total": ("gateway_same", "same"),
         "gateway": ("gateway_same_keys_only", "same"),
         "account_layer": ("gateway_same", "gateway_same_keys_only"),
@@ -111,7 +113,46 @@ def derive(
         }
         for t in IN_PROCESS
     }
-    return {"ratios": ratios, "added_latency_ms": added_ms, "saturation": saturation}
+    return {
+        "ratios": ratios,
+        "added_latency_ms": added_ms,
+        "saturation": saturation,
+        "batch1": batch1(results, added_ms),
+    }
+
+
+# Issue 20's bounds for one image at a time, one client: what an honest user feels.
+SAME_ADDED_P50_MS = 1.0  # `same` over the bare victim, both on Triton directly
+GATEWAY_ADDED_P50_MS = 0.5  # the gateway (with the account layer) over `same` directly
+GATEWAY_CPU_MS_PER_REQUEST = 0.5
+
+
+def batch1(results: dict, added_ms: dict) -> dict:
+    """Batch 1, concurrency 1: the added p50 latency of ``same`` over ``victim`` and of the
+    gateway over ``same``, and the gateway's own CPU per request, against issue 20's bounds.
+    Absent figures (a target not measured) are None, their goal not met."""
+
+    def added(label: str) -> float | None:
+        return added_ms.get(label, {}).get("1", {}).get("1", {}).get("p50")
+
+    def gateway_cpu(target: str) -> float | None:
+        return results.get(target, {}).get("1", {}).get("1", {}).get("gateway_cpu_ms_per_request")
+
+    out = {
+        "same_added_p50_ms": added("same_over_victim"),
+        "gateway_added_p50_ms": added("gateway_total"),
+        "gateway_keys_only_added_p50_ms": added("gateway"),
+        "gateway_cpu_ms_per_request": gateway_cpu("gateway_same"),
+        "gateway_keys_only_cpu_ms_per_request": gateway_cpu("gateway_same_keys_only"),
+    }
+    bounds = {
+        "same_added_p50_ms": SAME_ADDED_P50_MS,
+        "gateway_added_p50_ms": GATEWAY_ADDED_P50_MS,
+        "gateway_cpu_ms_per_request": GATEWAY_CPU_MS_PER_REQUEST,
+    }
+    out["goals_met"] = {k: out[k] is not None and out[k] <= bound for k, bound in bounds.items()}
+    out["bounds"] = bounds
+    return out
 
 
 def goals(results: dict, derived: dict, batch_sizes: list[int], concurrency: list[int]) -> dict:

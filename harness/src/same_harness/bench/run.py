@@ -16,7 +16,14 @@ Then, unless ``--no-resnet18``, ``same`` and ``victim`` again with a ResNet-18 v
 shadow) built with one epoch each (timing only: its accuracy is not the point), reported
 under ``resnet18``: the same/victim ratio when the victim is a realistic network.
 
-For each (batch, concurrency) the four targets run back to back, so the ratios compare
+The bare victim is served on equal footing by default: with as many instances as the
+reconstructor (``--victim-as-shipped`` keeps the repository's count), so that the ratio does
+not credit ``same`` for using more cores. ``batch1`` in the report holds what one image at a
+time costs an honest user: ``same``'s p50 over the victim, the gateway's p50 over ``same``,
+and the gateway process's own CPU per request (``gateway_cpu_ms_per_request`` per gateway
+cell), against issue 20's bounds.
+
+For each (batch, concurrency) the targets run back to back, so the ratios compare
 figures taken under the same background load (this machine is shared). Results go to
 ``reports/bench.json``; the table is printed.
 
@@ -79,6 +86,7 @@ __all__ = [  # what was importable from here before the split, still is
     "closed_loop",
     "cpu_seconds",
     "derive",
+    "equal_footing",
     "format_table",
     "goals",
     "in_process_workers",
@@ -125,6 +133,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="serve a temporary copy of the repository with this ServingSettings field "
         "changed (repeatable), e.g. --set reconstructor_instances=2",
     )
+    p.add_argument(
+        "--victim-as-shipped",
+        dest="equal_footing",
+        action="store_false",
+        help="serve the bare victim with the repository's own instance count; by default it "
+        "gets as many instances as the reconstructor (equal footing: `same` uses every core "
+        "through its reconstructor instances, so the victim is given the same)",
+    )
     p.add_argument("--log-file", type=Path, default=Path("logs/bench-tritonserver.log"))
     p.add_argument("--no-resnet18", dest="resnet18", action="store_false")
     p.add_argument(
@@ -170,9 +186,12 @@ def measure_grid(
     factories: dict[str, Callable[[], Worker]],
     url: str | None,
     server_pids: list[int],
+    gateway_pids: dict[str, int] | None = None,
 ) -> dict:
-    """Every (batch, concurrency) cell for every target, the targets back to back per cell."""
+    """Every (batch, concurrency) cell for every target, the targets back to back per cell;
+    ``gateway_pids``: the gateway process of each gateway target (its own CPU is reported)."""
     results: dict = {t: {} for t in args.targets}
+    gateway_pids = gateway_pids or {}
     for b in args.batch_sizes:
         batches = make_batches(images, b)
         for c in args.concurrency:
@@ -185,6 +204,7 @@ def measure_grid(
                     args.duration,
                     url if target in SERVED + GATEWAY else None,
                     server_pids,
+                    gateway_pids.get(target),
                 )
                 results[target].setdefault(str(b), {})[str(c)] = r
                 cpu = r["cpu_ms_per_image"]
@@ -194,7 +214,12 @@ def measure_grid(
                     f"   {target:17s} batch {b:3d} concurrency {c:3d}: "
                     f"{r['images_per_s']:9.1f} images/s  p50 {r['p50_ms']:8.2f} ms  "
                     f"p99 {r['p99_ms']:8.2f} ms  CPU ms/image server {cpu['server']:.3f} "
-                    f"client {cpu['client']:.3f}",
+                    f"client {cpu['client']:.3f}"
+                    + (
+                        f"  gateway CPU ms/request {r['gateway_cpu_ms_per_request']:.3f}"
+                        if "gateway_cpu_ms_per_request" in r
+                        else ""
+                    ),
                     flush=True,
                 )
     return results
@@ -205,6 +230,8 @@ def run(args: argparse.Namespace, account_layer: bool = True) -> dict:
     images = benign_images(manifest)
     served = [t for t in args.targets if t in SERVED + GATEWAY]
     overrides = parse_overrides(args.overrides)
+    if getattr(args, "equal_footing", True) and not args.url:
+        overrides = equal_footing(args.repository, overrides)
     repository = args.repository
     if overrides:
         repository = tuned_copy(args.repository, manifest, overrides)
@@ -221,9 +248,14 @@ def run(args: argparse.Namespace, account_layer: bool = True) -> dict:
             server_pids = [server.process.pid]
             print(f"== serving on {url} (log {args.log_file})", flush=True)
         factories = worker_factories(args.targets, url, repository, args.inprocess_threads, running)
+        # start_gateways starts them in the order of the targets
+        gateway_pids = {
+            t: g.process.pid
+            for t, g in zip([t for t in args.targets if t in GATEWAY], running, strict=True)
+        }
         server_pids += [g.process.pid for g in running]
         started = time.perf_counter()
-        results = measure_grid(args, images, factories, url, server_pids)
+        results = measure_grid(args, images, factories, url, server_pids, gateway_pids)
         elapsed = time.perf_counter() - started
     finally:
         for gateway in running:
@@ -247,6 +279,7 @@ def run(args: argparse.Namespace, account_layer: bool = True) -> dict:
             "inprocess_threads": args.inprocess_threads,
             "repository": str(args.repository),
             "overrides": overrides,
+            "victim_equal_footing": getattr(args, "equal_footing", True) and not args.url,
             "serving": serving,
             "cpus": os.cpu_count(),
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
@@ -264,6 +297,21 @@ def run(args: argparse.Namespace, account_layer: bool = True) -> dict:
         **derived,
         "goals": goals(results, derived, args.batch_sizes, args.concurrency),
     }
+
+
+def equal_footing(repository: Path, overrides: dict) -> dict:
+    """``overrides`` with the victim given the reconstructor's instance count, unless the
+    caller set ``victim_instances`` or the victim already has as many.
+
+    ``same`` spreads over the cores through its reconstructor instances; a bare victim with
+    one instance uses one core, so comparing against it flatters ``same`` (issue 20)."""
+    if "victim_instances" in overrides:
+        return overrides
+    serving = current_settings(repository)
+    want = serving["reconstructor"]["instances"]
+    if serving["victim"]["instances"] >= want:
+        return overrides
+    return {**overrides, "victim_instances": want}
 
 
 def measure_account_layer(batch_sizes: list[int], shape: tuple[int, ...]) -> dict:
@@ -292,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report["results"]))
-    summary = {k: report[k] for k in ("saturation", "goals", "added_latency_ms") if k in report}
+    keep = ("saturation", "goals", "batch1", "added_latency_ms")
+    summary = {k: report[k] for k in keep if k in report}
     if "resnet18" in report:
         summary["resnet18"] = {k: report["resnet18"][k] for k in ("saturation", "goals")}
     print(json.dumps(summary, indent=2))

@@ -84,14 +84,25 @@ def measure_cell(
     duration_s: float,
     url: str | None = None,
     server_pids: list[int] | None = None,
+    gateway_pid: int | None = None,
 ) -> dict:
     """One closed-loop cell plus CPU accounting and, for a served target, Triton's own
-    per-model breakdown."""
+    per-model breakdown. ``gateway_pid``: the gateway process this target goes through, whose
+    own CPU per request is reported apart (``gateway_cpu_ms_per_request``)."""
     server_pids = server_pids or []
     before = server_counters(url) if url else None
-    cpu0 = (cpu_seconds(server_pids), cpu_seconds([os.getpid()], children=False))
+    gateway = [gateway_pid] if gateway_pid else []
+    cpu0 = (
+        cpu_seconds(server_pids),
+        cpu_seconds([os.getpid()], children=False),
+        cpu_seconds(gateway, children=False),
+    )
     r = closed_loop(make_worker, batches, concurrency, warmup_s, duration_s)
-    cpu1 = (cpu_seconds(server_pids), cpu_seconds([os.getpid()], children=False))
+    cpu1 = (
+        cpu_seconds(server_pids),
+        cpu_seconds([os.getpid()], children=False),
+        cpu_seconds(gateway, children=False),
+    )
     # CPU time per image is far less sensitive to other tenants than wall-clock throughput:
     # it is the cost, where throughput is the cost plus contention.
     sent = max(1, r.pop("images_sent"))
@@ -99,6 +110,10 @@ def measure_cell(
         "server": round((cpu1[0] - cpu0[0]) * 1e3 / sent, 4),
         "client": round((cpu1[1] - cpu0[1]) * 1e3 / sent, 4),
     }
+    if gateway_pid:
+        # Per request, not per image: an authenticating proxy's work is per call.
+        requests = max(1, sent // len(batches[0]))
+        r["gateway_cpu_ms_per_request"] = round((cpu1[2] - cpu0[2]) * 1e3 / requests, 4)
     if before is not None:
         # Includes the warm-up: it describes how the server ran, not just the window. The
         # pause lets Triton finish accounting for the last requests before the next cell.
