@@ -198,9 +198,9 @@ class SuspectLane:
         deadline) passes first."""
         with self._lock:
             if self._occupancy >= self.in_flight + self.waiting:
+                # Worded without the tier: the review is told only with --tell-review.
                 raise LaneFull(
-                    f"account under review: {self.waiting} of its tier's requests are already "
-                    "waiting at this gateway; retry later"
+                    f"too many requests are waiting at this gateway ({self.waiting}); retry later"
                 )
             self._occupancy += 1
         try:
