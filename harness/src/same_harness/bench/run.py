@@ -29,7 +29,7 @@ figures taken under the same background load (this machine is shared). Results g
 
 This module is the command line and the run (servers, gateways, the grid of cells); the
 closed loop is in :mod:`.closed_loop`, the accounting of a cell in :mod:`.server_stats`,
-the ratios, goals and table in :mod:`.bench_derive`.
+the ratios, goals and table in :mod:`.derive`.
 """
 
 from __future__ import annotations
