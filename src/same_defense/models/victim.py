@@ -2,7 +2,7 @@
 
 Both take any (C, H, W) and class count (cnn3 from 8x8). SAME's shadow classifier uses one of
 them: the victim's own architecture when the build trained it, else one chosen by image size
-for a provided victim (``export.victim_import.choose_shadow_architecture``).
+for a provided victim (``export.victim.arguments.choose_shadow_architecture``).
 """
 
 from __future__ import annotations

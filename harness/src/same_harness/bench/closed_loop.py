@@ -2,7 +2,7 @@
 
 A cell is ``concurrency`` such workers for a fixed window after a warm-up; a worker is
 ``(call, close)`` and :func:`closed_loop` summarises the requests answered in the window.
-The workers themselves (per target) are made in :mod:`.bench_targets`.
+The workers themselves (per target) are made in :mod:`.targets`.
 """
 
 from __future__ import annotations

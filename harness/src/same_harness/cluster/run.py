@@ -17,8 +17,8 @@ attacker users, one API key per simulated user):
 Writes ``reports/cluster.json`` (and Locust's CSV/HTML/logs under ``reports/cluster/``); exits
 non-zero when a check fails.
 
-This module is the command line; the measured runs are in :mod:`.cluster_measure`, the
-faults in :mod:`.cluster_faults`, the checks and headline in :mod:`.cluster_report`.
+This module is the command line; the measured runs are in :mod:`.measure`, the
+faults in :mod:`.faults`, the checks and headline in :mod:`.report`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The victim and shadow options of ``same-build``: arguments, their consistency, their reading.
 
-Only the command line lives here; what the options mean is :class:`.victim_spec.Preprocessing`
-and :class:`.victim_spec.VictimOptions`.
+Only the command line lives here; what the options mean is :class:`.spec.Preprocessing`
+and :class:`.spec.VictimOptions`.
 """
 
 from __future__ import annotations

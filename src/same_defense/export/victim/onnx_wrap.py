@@ -1,7 +1,7 @@
 """Wrapping a provided ONNX victim into the served graph ``IMAGE -> LOGITS``.
 
 The provider's preprocessing becomes nodes before its graph and the logits conversion nodes
-after it; its own nodes and weights are copied unchanged (see :mod:`.victim_import`).
+after it; its own nodes and weights are copied unchanged (see :mod:`same_defense.export.victim`).
 """
 
 from __future__ import annotations

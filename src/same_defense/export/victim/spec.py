@@ -3,7 +3,7 @@
 :class:`Preprocessing` describes the provider's input convention relative to the project's
 ([0, 1] RGB NCHW); :class:`VictimOptions` is the parsed victim part of ``same-build``;
 :class:`PreparedVictim` and :func:`trained_victim_source` are what the build hands on to the
-repository and records in the manifest. See :mod:`.victim_import` for the whole picture.
+repository and records in the manifest. See :mod:`same_defense.export.victim` for the whole picture.
 """
 
 from __future__ import annotations
