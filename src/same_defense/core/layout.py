@@ -2,7 +2,7 @@
 
 ``same-build`` writes a Triton model repository; Triton, the gateway, the client, the
 Kubernetes render and the evaluation read it back. This module is the one place that names
-its layout, so a path, a tensor or a metric is renamed once. It imports nothing (not even
+its layout, so a path, a tensor or a metric is renamed once. It imports only ``os`` (not
 numpy): the Triton step reads it from the ``same_core`` copy, and numpy-free tools may too.
 
 Layout (``same`` is the only model clients are meant to call)::
