@@ -80,16 +80,10 @@ def _run(argv: list[str] | None) -> int:
             args.listen,
             args.upstream,
             policy,
-            auth=options.authenticator(),
-            accounts=options.service(manifest),
             metrics_port=args.metrics_port,
-            throttle=options.throttle(),
-            lane=options.lane(),
-            rules=options.rules(),
             http_listen=None if args.no_http else args.http_listen,
             metrics_host=args.metrics_host,
-            admin=options.admin(),
-            audit=options.audit(manifest),
+            **options.gateway_parts(manifest),
         ).start()
     except OSError as exc:
         print(f"same-gateway: error: {exc}", file=sys.stderr)

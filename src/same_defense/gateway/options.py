@@ -6,6 +6,7 @@ import argparse
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..accounts import AccountService, KeyStore, MemoryStore, RedisStore
 from ..accounts.admin import DEFAULT_ADMIN_LISTEN, DEFAULT_TOKEN_FILE
@@ -66,6 +67,19 @@ class AccountOptions:
 
     def lane(self) -> SuspectLane | None:
         return SuspectLane(self.suspected_in_flight) if self.suspected_in_flight > 0 else None
+
+    def gateway_parts(self, manifest: dict | None) -> dict[str, Any]:
+        """What a :class:`~.proxy.GatewayServer` takes from these options, as its keyword
+        arguments: one place for every deployment (``same-gateway``, ``same-serve``)."""
+        return {
+            "auth": self.authenticator(),
+            "accounts": self.service(manifest),
+            "throttle": self.throttle(),
+            "lane": self.lane(),
+            "rules": self.rules(),
+            "admin": self.admin(),
+            "audit": self.audit(manifest),
+        }
 
     def authenticator(self) -> Authenticator:
         if self.anonymous:

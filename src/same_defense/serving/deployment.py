@@ -91,15 +91,9 @@ class ProtectedService:
                 listen,
                 self.triton.grpc_url,
                 policy,
-                auth=self.accounts.authenticator(),
-                accounts=self.accounts.service(manifest),
                 metrics_port=self.gateway_metrics_port,
-                throttle=self.accounts.throttle(),
-                lane=self.accounts.lane(),
-                rules=self.accounts.rules(),
                 http_listen=http,
-                admin=self.accounts.admin(),
-                audit=self.accounts.audit(manifest),
+                **self.accounts.gateway_parts(manifest),
             ).start()
         except BaseException:
             self.triton.stop()

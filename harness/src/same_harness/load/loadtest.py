@@ -73,7 +73,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def locust_command(args: argparse.Namespace, model: str, host: str, data_file: Path) -> list[str]:
+def locust_command(
+    args: argparse.Namespace, model: str, host: str, data_file: Path, mix: LocustMix | None = None
+) -> list[str]:
+    """Locust headless against ``model`` at ``host``; the user mix is ``args``' unless given."""
     prefix = args.out / model
     command = [
         sys.executable,
@@ -103,7 +106,7 @@ def locust_command(args: argparse.Namespace, model: str, host: str, data_file: P
         str(args.repository),
         "--data-file",
         str(data_file),
-        *LocustMix.from_args(args).locustfile_args(),
+        *(mix or LocustMix.from_args(args)).locustfile_args(),
     ]
     if args.processes:
         command += ["--processes", str(args.processes)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, fields
 
+_ATTACK_FIELDS = ("attack_batch", "attack_burst")
 _HELP = {
     "benign_weight": "Locust weight of benign users (one test digit per request)",
     "synthetic_weight": "weight of attackers sending synthetic queries",
@@ -39,7 +40,18 @@ class LocustMix:
         p.add_argument(
             "--spawn-rate", type=float, default=spawn_rate, help="users started per second"
         )
-        for f in fields(cls):
+        cls._add(p, [f for f in fields(cls) if f.name not in _ATTACK_FIELDS])
+        return cls.add_attack_arguments(p)
+
+    @classmethod
+    def add_attack_arguments(cls, p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        """``--attack-batch`` and ``--attack-burst`` alone (``add_arguments`` adds them too),
+        for a command that sets the weights itself."""
+        return cls._add(p, [f for f in fields(cls) if f.name in _ATTACK_FIELDS])
+
+    @staticmethod
+    def _add(p: argparse.ArgumentParser, chosen: list) -> argparse.ArgumentParser:
+        for f in chosen:
             flag = "--" + f.name.replace("_", "-")
             p.add_argument(flag, type=int, default=f.default, help=_HELP[f.name])
         return p

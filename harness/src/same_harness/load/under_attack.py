@@ -29,6 +29,7 @@ from same_defense.serving.deployment import ProtectedService
 
 from .common import add_locustfile_argument, ensure_repository, exit_on_sigterm, load_test_data
 from .loadtest import locust_command, run_locust, run_seconds
+from .mix import LocustMix
 from .soak import provision_keys
 from .stats import ratio, read_locust_stats
 
@@ -49,8 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run-time", default="45s", help="Locust run time of each of the 3 runs")
     p.add_argument("--honest-users", type=int, default=8)
     p.add_argument("--attackers", type=int, default=2, help="attacker users of each kind")
-    p.add_argument("--attack-batch", type=int, default=16)
-    p.add_argument("--attack-burst", type=int, default=10)
+    LocustMix.add_attack_arguments(p)
     p.add_argument("--log-file", type=Path, default=Path("logs/under-attack-tritonserver.log"))
     p.add_argument(
         "--gateway-option",
@@ -126,11 +126,16 @@ def main(argv: list[str] | None = None) -> int:
         warm_up(service.public_url, KeyStore(key_file).add("warm-up"), manifest)
         for run in RUNS:
             attacked = run == "attacked"
-            args.benign_weight = args.honest_users
-            args.synthetic_weight = args.attackers if attacked else 0
-            args.proxy_weight = args.attackers if attacked else 0
-            args.users = args.honest_users + (2 * args.attackers if attacked else 0)
-            command = locust_command(args, "same", service.public_url, data_file)
+            attackers = args.attackers if attacked else 0
+            mix = LocustMix(
+                benign_weight=args.honest_users,
+                synthetic_weight=attackers,
+                proxy_weight=attackers,
+                attack_batch=args.attack_batch,
+                attack_burst=args.attack_burst,
+            )
+            args.users = args.honest_users + 2 * attackers  # one user per weight unit
+            command = locust_command(args, "same", service.public_url, data_file, mix)
             command[command.index("--csv") + 1] = str(args.out / run)
             command[command.index("--html") + 1] = str(args.out / f"{run}.html")
             print(f"== {run}: {args.users} users for {args.run_time}", flush=True)
