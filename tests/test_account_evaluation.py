@@ -4,11 +4,14 @@ real AccountService, honest streams are not suspected, and the quick CLI writes 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
+from same_harness.attacks import CloneConfig
 from same_harness.data.queries import make_query_set
 from same_harness.evaluation.account_population import AccountOracle, Dilution, account_service
+from same_harness.evaluation.accounts import AccountEvalConfig, case_key, run_thieves
 from same_harness.evaluation.accounts import main as accounts_main
 from same_harness.evaluation.honest_population import (
     FEW_COPIES,
@@ -69,6 +72,56 @@ def test_requests_go_round_robin_and_few_queries_per_account_raise_nothing(pipel
     single = AccountOracle(pipeline, account_service(pipeline.manifest), 4, request_size=1)
     single.query(noise[:8])
     assert list(single.view("account")) == [0, 1, 2, 3, 0, 1, 2, 3]
+
+
+def test_a_shuffled_thief_sends_each_request_to_a_random_account(pipeline):
+    shape = tuple(pipeline.manifest["input_shape"])
+    noise = make_query_set("noise", 16, shape, seed=4)
+
+    def accounts(seed: int) -> list[int]:
+        oracle = AccountOracle(
+            pipeline,
+            account_service(pipeline.manifest),
+            4,
+            request_size=1,
+            spread="shuffled",
+            seed=seed,
+        )
+        oracle.query(noise)
+        return list(oracle.view("account"))
+
+    first = accounts(0)
+    assert first == accounts(0) and first != accounts(1)  # seeded
+    assert set(first) <= {0, 1, 2, 3} and first != [0, 1, 2, 3] * 4
+    with pytest.raises(ValueError, match="spread"):
+        AccountOracle(pipeline, account_service(pipeline.manifest), 2, spread="sideways")
+
+
+def test_a_reused_report_runs_only_the_cases_it_lacks(tiny_repository):
+    config = AccountEvalConfig(
+        repository=str(tiny_repository),
+        budget=64,
+        seeds=(0,),
+        attacks=("knockoff-digits8x8",),
+        outputs=("probs",),
+        extra_thieves=(),
+        account_counts=(1,),
+        linked_counts=(),
+        dilutions=(),
+        responses=("graded",),
+        clone=CloneConfig(epochs=1),
+        workers=1,
+    )
+    cases = config.cases()
+    assert len(cases) == 3  # undefended, one account, one account at 8 per request
+    # earlier records: a report from before the spread field existed
+    earlier = [
+        {k: v for k, v in asdict(c).items() if k != "spread"} | {"clone_accuracy": -1.0}
+        for c in cases[1:]
+    ]
+    records = run_thieves(config, earlier)
+    assert len(records) == 3 and records[:2] == earlier  # kept as they were
+    assert case_key(records[2]) == case_key(asdict(cases[0])) and records[2]["queries_used"]
 
 
 def test_dilution_interleaves_copies_and_returns_the_foreign_answers(pipeline, test_split):

@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from same_defense.accounts import AccountService, MemoryStore, sample_hashes
+from same_defense.accounts.lineage_pool import RedisLineagePool
 from same_defense.accounts.links import account_links, client_address, network_of
 from same_defense.accounts.local_redis import LocalRedis
 from same_defense.accounts.population import PopulationMonitor, RedisAlarmLog
 from same_defense.accounts.store import RedisStore
 from same_defense.core import REVIEW, SUSPECTED, account_evidence, score_pvalues
 from same_defense.core.accounts import AccountSettings, AccountState, update_state
+from same_defense.core.lineage import SKETCH_SIZE, near_repeats, sketches
 from same_defense.export.calibration import account_settings_for
 
 CLASSES = 10
@@ -25,9 +29,12 @@ def _calibrated(seed: int = 0) -> tuple[list[np.ndarray], AccountSettings]:
     return reference, account_settings_for([r.tolist() for r in reference])
 
 
-def _evidence(scores: np.ndarray, classes: np.ndarray, reference, flags=None) -> np.ndarray:
+def _evidence(
+    scores: np.ndarray, classes: np.ndarray, reference, flags=None, confidence=None
+) -> np.ndarray:
     flags = np.zeros(len(scores)) if flags is None else flags
-    return account_evidence(score_pvalues(scores, classes, reference), classes, flags)
+    confidence = np.full(len(scores), 0.5) if confidence is None else confidence
+    return account_evidence(score_pvalues(scores, classes, reference), classes, flags, confidence)
 
 
 def _stream(settings, evidence) -> AccountState:
@@ -81,6 +88,147 @@ def test_tiers_review_first_then_strong_evidence_then_the_operator():
     assert service.tier("eve") == SUSPECTED
     service.clear("eve")
     assert service.tier("eve") == ""
+
+
+def _digits(n: int, seed: int) -> np.ndarray:
+    """``n`` distinct digit-like images: a random stroke pattern each, 28x28."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 1, 28, 28), np.float32)
+    for i in range(n):
+        for _ in range(3):
+            r, c = rng.integers(4, 24, 2)
+            images[i, 0, r - 4 : r + 4, c - 1 : c + 2] = 1.0
+    return images
+
+
+def _sign_steps(parents: np.ndarray, seed: int, lam: float = 0.1) -> np.ndarray:
+    """JBDA's queries: each parent moved by ``lam`` times a sign per pixel, clipped."""
+    signs = np.sign(np.random.default_rng(seed).standard_normal(parents.shape))
+    return np.clip(parents + lam * signs, 0, 1).astype(np.float32)
+
+
+def test_lineage_sees_sign_steps_and_not_other_digits_or_faint_ones():
+    digits = _digits(400, seed=5)
+    none = np.zeros((0, SKETCH_SIZE), np.uint8)
+    assert near_repeats(sketches(digits), none).mean() < 0.1
+    faint = 0.5 * digits  # half the contrast: the stretch keeps them as far apart as before
+    assert near_repeats(sketches(faint), none).sum() == near_repeats(sketches(digits), none).sum()
+    children = _sign_steps(digits[:100], seed=6)
+    assert near_repeats(sketches(children), sketches(digits)).mean() > 0.95
+    assert near_repeats(sketches(children), sketches(digits[100:])).mean() < 0.1
+    assert sketches(np.zeros((1, 3, 32, 32))).tolist() == [[0] * SKETCH_SIZE]  # flat: no range
+
+
+def _flagged(n: int, confidence: float) -> np.ndarray:
+    """Evidence of ``n`` queries that all exceed and are flagged, the victim this sure."""
+    return np.column_stack([np.zeros(n), np.full(n, -1), np.ones(n), np.full(n, confidence)])
+
+
+def test_strong_evidence_needs_a_pattern_a_drifting_customer_does_not_show():
+    settings = AccountSettings(levels=(0.2,), lifts=(0.5,), h=10.0, strong_min_queries=20)
+    # A drifting customer: every query flagged, but the victim sure of its answers (blurred
+    # digits it still reads) and no query a small step from another: review, not the policy.
+    drift = _stream(settings, _flagged(80, 0.9))
+    assert drift.tier(0.0, settings) == REVIEW and drift.strong_at_query == 0
+    # Queries the victim is unsure of (8x8 digits, photo crops): strong.
+    unsure = _stream(settings, _flagged(80, 0.6))
+    assert unsure.tier(0.0, settings) == SUSPECTED
+    # Sure of them, but each a small step from an earlier query (JBDA): strong.
+    state = update_state(
+        AccountState(), _flagged(80, 0.98), np.ones(80, bool), settings, 0.0, np.ones(80, bool)
+    )
+    assert state.tier(0.0, settings) == SUSPECTED and state.flagged_near == 80
+    # The rule before the patterns, on request: statistic and flag share alone.
+    legacy = replace(settings, strong_patterns=False)
+    assert _stream(legacy, _flagged(80, 0.9)).tier(0.0, legacy) == SUSPECTED
+    # Three-column evidence (a repository built before the confidence column): as before.
+    assert _stream(settings, _flagged(80, 0.9)[:, :3]).tier(0.0, settings) == SUSPECTED
+
+
+@pytest.mark.parametrize("store_kind", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def test_the_service_keeps_sketches_and_finds_a_jbda_thief_but_not_a_new_camera(
+    store_kind, tmp_path
+):
+    settings = AccountSettings(levels=(0.2,), lifts=(0.5,), h=10.0, strong_min_queries=20)
+    seeds = _digits(40, seed=7)
+    rounds = [seeds, _sign_steps(seeds, 8), _sign_steps(seeds, 9)]
+    rounds.append(_sign_steps(np.concatenate(rounds[1:]), 10))
+
+    def run(store, thief: bool) -> AccountState:
+        service = AccountService(settings, store, clock=lambda: 0.0)
+        images = np.concatenate(rounds) if thief else _digits(200, seed=11)
+        for start in range(0, len(images), 8):  # eight per request
+            batch = images[start : start + 8]
+            exceeds = 0.0 if start >= 40 else 0.9  # the seed digits look like the data
+            evidence = np.column_stack(
+                [np.full(8, exceeds), np.full(8, -1), np.full(8, exceeds == 0), np.full(8, 0.97)]
+            )
+            service.record("acct", evidence, sample_hashes(batch), (), sketches(batch))
+        return service.store.get("acct")
+
+    def stores():
+        if store_kind == "memory":
+            yield MemoryStore(), MemoryStore()
+            return
+        with LocalRedis(tmp_path) as redis_server:
+            yield RedisStore(redis_server.url, "a"), RedisStore(redis_server.url, "b")
+
+    for thief_store, camera_store in stores():
+        thief, camera = run(thief_store, True), run(camera_store, False)
+        assert thief.tier(0.0, settings) == SUSPECTED
+        assert camera.tier(0.0, settings) == REVIEW and camera.flagged_checked > 50
+        assert camera.flagged_near < 0.1 * camera.flagged_checked
+        assert thief.flagged_near >= 0.9 * thief.flagged_checked > 0
+
+
+@pytest.mark.parametrize("pool_kind", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def test_a_jbda_thief_spread_over_unrelated_keys_meets_its_parents_in_the_review_pool(
+    pool_kind, tmp_path
+):
+    """Each request to one of five keys at random: a query's parent sits in another key four
+    times in five, so no key's own sketches show the lineage; the pool of keys under review
+    does. Five honest new customers reviewed together share no lineage."""
+    settings = AccountSettings(levels=(0.2,), lifts=(0.5,), h=10.0, strong_min_queries=20)
+    seeds = _digits(100, seed=12)
+    thief_images = [seeds, _sign_steps(seeds, 13)]
+    thief_images.append(_sign_steps(np.concatenate(thief_images), 14))
+    thief_images = np.concatenate(thief_images)
+    honest_images = _digits(len(thief_images), seed=15)
+    rng = np.random.default_rng(16)
+    keys = rng.integers(0, 5, len(thief_images))
+
+    def run(service: AccountService, images: np.ndarray, prefix: str) -> list[str]:
+        for i, image in enumerate(images):
+            exceeds = 0.9 if i < 100 else 0.0  # the seeds look like the data
+            evidence = np.array([[exceeds, -1, float(exceeds == 0), 0.97]])
+            one = image[None]
+            service.record(f"{prefix}{keys[i]}", evidence, sample_hashes(one), (), sketches(one))
+        return [service.store.get(f"{prefix}{k}").tier(0.0, settings) for k in range(5)]
+
+    def services():
+        if pool_kind == "memory":
+            yield lambda pooled: AccountService(
+                settings if pooled else replace(settings, lineage_pool=0), MemoryStore()
+            )
+            return
+        with LocalRedis(tmp_path) as redis_server:
+            made = iter(range(100))
+
+            def make(pooled: bool) -> AccountService:
+                n = next(made)  # each service its own keys in the one Redis
+                pool = RedisLineagePool(redis_server.url, key=f"pool{n}") if pooled else None
+                return AccountService(
+                    settings if pooled else replace(settings, lineage_pool=0),
+                    RedisStore(redis_server.url, prefix=f"s{n}"),
+                    lineage_pool=pool,
+                )
+
+            yield make
+
+    for make in services():
+        assert run(make(True), thief_images, "t") == [SUSPECTED] * 5
+        assert run(make(False), thief_images, "t") == [REVIEW] * 5  # own sketches only
+        assert run(make(True), honest_images, "h") == [REVIEW] * 5
 
 
 def test_linked_accounts_pool_their_evidence_and_spare_established_neighbours():
@@ -209,6 +357,11 @@ def test_evidence_round_trip_through_the_gateway_shapes(rows):
     _, got = finish_infer(response.SerializeToString())
     np.testing.assert_array_equal(got, ev)
     assert sample_hashes(np.zeros((rows, 1, 2, 2), np.float32))[0]
+    # a repository built before the confidence column: three columns, still read
+    old = service_pb2.ModelInferResponse(model_name="same")
+    old.outputs.add(name=ACCOUNT_OUTPUT, datatype="FP32", shape=[rows, 3])
+    old.raw_output_contents.append(ev[:, :3].copy().tobytes())
+    np.testing.assert_array_equal(finish_infer(old.SerializeToString())[1], ev[:, :3])
 
 
 def test_the_gateway_links_a_call_by_network_and_key_group(tmp_path):

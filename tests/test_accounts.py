@@ -24,6 +24,7 @@ from same_defense.core.accounts import (
     update_state,
 )
 from same_defense.core.layout import ACCOUNT_OUTPUT, ACCOUNT_PARAMETER
+from same_defense.core.lineage import sketches
 from same_defense.export.calibration import account_settings_for
 from same_defense.gateway.accounting import (
     Authenticator,
@@ -138,7 +139,7 @@ def test_authenticator_reads_the_bearer_header_or_the_peer(tmp_path):
 def _request(outputs=(), parameter=None) -> bytes:
     message = service_pb2.ModelInferRequest(model_name="same")
     message.inputs.add(name="IMAGE", datatype="FP32", shape=[2, 1, 2, 2])
-    x = np.arange(8, dtype=np.float32)
+    x = np.arange(8, dtype=np.float32) / 7  # pixels in [0, 1]
     message.raw_input_contents.append(x.tobytes())
     for name in outputs:
         message.outputs.add(name=name)
@@ -153,7 +154,11 @@ def test_the_gateway_asks_for_the_internal_output_and_strips_it():
     assert [o.name for o in sent.outputs] == ["PROBS", ACCOUNT_OUTPUT]
     assert ACCOUNT_PARAMETER not in sent.parameters  # a client cannot set its own state
     assert prepared.samples == 2 and prepared.hashes == sample_hashes(
-        np.arange(8, dtype=np.float32).reshape(2, 4)
+        (np.arange(8, dtype=np.float32) / 7).reshape(2, 4)
+    )
+    # the lineage sketch of each sample, from the raw bytes, as the core computes it
+    np.testing.assert_array_equal(
+        prepared.sketches, sketches(np.arange(8, dtype=np.float32).reshape(2, 1, 2, 2) / 7)
     )
     forced = service_pb2.ModelInferRequest.FromString(prepare_infer(_request(), True).request)
     assert forced.parameters[ACCOUNT_PARAMETER].string_param == "suspected"

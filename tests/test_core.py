@@ -200,4 +200,12 @@ def test_fixed_requests_are_answered_as_before():
                 continue
             assert now["labels"] == was["labels"] and now["flagged"] == was["flagged"], key
             np.testing.assert_allclose(now["probs"], was["probs"], atol=1e-6, err_msg=key)
-            np.testing.assert_allclose(now["evidence"], was["evidence"], atol=1e-6, err_msg=key)
+            # Columns recorded then must be equal. The one added since (the victim's top-1
+            # probability, 2026-12) is what `monitor`, which answers truthfully, serves.
+            evidence, recorded_width = np.asarray(now["evidence"]), len(was["evidence"][0])
+            np.testing.assert_allclose(
+                evidence[:, :recorded_width], was["evidence"], atol=1e-6, err_msg=key
+            )
+            truthful = today[f"monitor/{key.split('/')[1]}"][requests.index(was)]
+            top1 = np.asarray(truthful["probs"]).max(axis=1)
+            np.testing.assert_allclose(evidence[:, 3], top1, atol=1e-6, err_msg=key)

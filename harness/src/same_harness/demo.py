@@ -150,6 +150,15 @@ def account_response(settings) -> dict:
             f"({settings.strong_factor * settings.h:.1f}) with >= "
             f"{settings.strong_flag_share:.0%} of at least {settings.strong_min_queries} "
             "distinct queries flagged"
+            + (
+                f", and the victim unsure of the flagged ones (mean top-1 probability below "
+                f"{settings.strong_max_confidence:g} by {settings.strong_confidence_z:g} "
+                "standard errors) or at least "
+                f"{settings.strong_lineage_share:.0%} of them a small step from an earlier "
+                "query (lineage)"
+                if settings.strong_patterns
+                else ""
+            )
             if settings.auto_strong
             else "the response policy after the operator confirms"
         ),

@@ -14,13 +14,14 @@ The statistics themselves (p-values, CUSUM) live in ``same_defense.core.accounts
 """
 
 from .keys import KeyStore, KeyStoreError
-from .service import AccountService, AccountStateUnavailable, sample_hashes
+from .service import AccountService, AccountStateUnavailable, Answered, sample_hashes
 from .store import AccountStore, MemoryStore, RedisStore, StoreUnavailable
 
 __all__ = [
     "AccountService",
     "AccountStateUnavailable",
     "AccountStore",
+    "Answered",
     "KeyStore",
     "KeyStoreError",
     "MemoryStore",

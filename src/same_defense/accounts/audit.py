@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
+
 from ..core.accounts import AccountSettings, AccountState
 from .store import AccountStore, Update
 
@@ -202,14 +204,21 @@ class ExpiryWatch:
             return state.tier(now, self.settings)
         return "suspected" if state.is_suspected(now, self.settings) else ""
 
-    def record(self, account: str, hashes: list[str], update: Update) -> AccountState:
+    def record(
+        self,
+        account: str,
+        hashes: list[str],
+        update: Update,
+        sketches: np.ndarray | None = None,
+        keep_sketches: int = 0,
+    ) -> AccountState:
         seen: list[AccountState] = []
 
-        def watched(state: AccountState, is_new) -> AccountState:
+        def watched(state: AccountState, is_new, past) -> AccountState:
             seen.append(state)
-            return update(state, is_new)
+            return update(state, is_new, past)
 
-        state = self.store.record(account, hashes, watched)
+        state = self.store.record(account, hashes, watched, sketches, keep_sketches)
         # After the transaction: a retried one calls ``watched`` again; the last call counts.
         before = seen[-1]
         if self._has_expired(before):

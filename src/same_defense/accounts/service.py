@@ -2,8 +2,9 @@
 
 Before a request: at which tier is the caller answered ("", "review": top-1 labels only,
 "suspected": the response policy on every query)? After it: feed the request's evidence
-(class-conditional p-values, predicted classes, flags) to the caller's bank of CUSUMs
-(``same_defense.core.accounts``), counting each distinct sample once.
+(class-conditional p-values, predicted classes, flags, top-1 probabilities) to the caller's
+bank of CUSUMs (``same_defense.core.accounts``), counting each distinct sample once, and keep
+its samples' lineage sketches (``same_defense.core.lineage``) for the strong-evidence rule.
 
 When the store is down, ``on_store_error`` decides: ``"closed"`` refuses service
 (:class:`AccountStateUnavailable`), ``"open"`` serves as if the account were not suspected and
@@ -16,7 +17,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -30,6 +31,8 @@ from ..core.accounts import (
     confirm_suspicion,
     update_state,
 )
+from ..core.lineage import SKETCH_SIZE, near_repeats
+from .lineage_pool import LineagePool, MemoryLineagePool
 from .links import is_link_state, link_state_name
 from .population import PopulationMonitor
 from .store import AccountStore, MemoryStore, StoreUnavailable
@@ -57,13 +60,25 @@ def sample_hashes(images: np.ndarray | bytes, count: int | None = None) -> list[
     return [hashlib.blake2b(r, digest_size=12).hexdigest() for r in rows]
 
 
+class Answered(NamedTuple, Generic[T]):
+    """What :meth:`AccountService.serve`'s ``answer`` returns: the reply, the evidence (None:
+    nothing to feed the test), each sample's hash and, where the caller has the images, each
+    sample's lineage sketch."""
+
+    reply: T
+    evidence: np.ndarray | None
+    hashes: list[str]
+    sketches: np.ndarray | None = None
+
+
 class AccountService:
     """The account-level defense over a store: tiers, links and the population monitor.
 
     ``links`` of a call (its network, its key's group; :mod:`.links`) have states of their
     own, fed with every query of every account behind them; ``population`` tells a drift of
     many unrelated accounts from theft (:mod:`.population`). ``population=None`` turns the
-    drift hold off (every alarm is acted on).
+    drift hold off (every alarm is acted on). ``lineage_pool`` holds the sketches of accounts
+    under review (:mod:`.lineage_pool`; default: in memory, ``settings.lineage_pool`` long).
     """
 
     def __init__(
@@ -73,6 +88,7 @@ class AccountService:
         on_store_error: str = "closed",
         clock: Callable[[], float] = time.time,
         population: PopulationMonitor | None = None,
+        lineage_pool: LineagePool | None = None,
     ) -> None:
         if on_store_error not in FAIL_MODES:
             raise ValueError(f"on_store_error must be one of {FAIL_MODES}, got {on_store_error!r}")
@@ -81,6 +97,9 @@ class AccountService:
         self.on_store_error = on_store_error
         self.clock = clock
         self.population = population
+        if lineage_pool is None and settings.strong_patterns and settings.lineage_pool > 0:
+            lineage_pool = MemoryLineagePool(settings.lineage_pool)
+        self.lineage_pool = lineage_pool
         self.store_errors = 0
         # Called with (account, state) when an account becomes suspected (e.g. a metric).
         self.on_suspicion: list[Callable[[str, AccountState], None]] = []
@@ -106,15 +125,57 @@ class AccountService:
             return ""
         return combined_tier(own, linked, self.clock(), self.settings)
 
-    def _update(self, name: str, evidence: np.ndarray, hashes: list[str], now: float):
+    def _update(
+        self,
+        name: str,
+        evidence: np.ndarray,
+        hashes: list[str],
+        sketches: np.ndarray | None,
+        now: float,
+        pooled: Callable[[], np.ndarray],
+    ):
         before: list[AccountState] = []
+        to_pool: list[bytes] = []
+        settings = self.settings
 
-        def update(state: AccountState, is_new: np.ndarray) -> AccountState:
+        def update(state: AccountState, is_new: np.ndarray, past) -> AccountState:
             before.append(state)
-            return update_state(state, evidence, is_new, self.settings, now)
+            to_pool.clear()  # a retried transaction starts again
+            near = None
+            # Lineage matters only between the alarm and strong evidence: read the kept
+            # sketches (and the pool) only then.
+            if sketches is not None and state.wants_lineage(settings):
+                earlier = np.concatenate([past(), pooled()])
+                near = near_repeats(sketches, earlier, settings.lineage_tolerance)
+            new = update_state(state, evidence, is_new, settings, now, near)
+            if (
+                sketches is not None
+                and self.lineage_pool is not None
+                and new.wants_lineage(settings)
+            ):
+                if not state.wants_lineage(settings):  # the alarm fired in this request
+                    to_pool.extend(row.tobytes() for row in past())
+                to_pool.extend(row.tobytes() for row in np.asarray(sketches)[is_new])
+            return new
 
-        state = self.store.record(name, hashes, update)
+        keep = settings.lineage_window if settings.strong_patterns else 0
+        state = self.store.record(name, hashes, update, sketches, keep)
+        if to_pool:
+            assert self.lineage_pool is not None
+            self.lineage_pool.add(to_pool[-settings.lineage_pool :])
         return before[-1], state
+
+    def _pooled(self) -> Callable[[], np.ndarray]:
+        """The pool's sketches, read at most once per request (account and links alike)."""
+        cache: list[np.ndarray] = []
+
+        def read() -> np.ndarray:
+            if not cache:
+                empty = np.zeros((0, SKETCH_SIZE), np.uint8)
+                cache.append(self.lineage_pool.read() if self.lineage_pool is not None else empty)
+            return cache[0]
+
+        return read
 
     def record(
         self,
@@ -122,21 +183,29 @@ class AccountService:
         evidence: np.ndarray,
         hashes: list[str],
         links: tuple[str, ...] = (),
+        sketches: np.ndarray | None = None,
     ) -> AccountState | None:
         """Feed one request into the account's test and its links'; the account's new state
-        (None if failing open)."""
-        recorded = self._record(account, evidence, hashes, links)
+        (None if failing open). ``sketches``: the samples' lineage sketches, if known."""
+        recorded = self._record(account, evidence, hashes, links, sketches)
         return None if recorded is None else recorded[0]
 
     def _record(
-        self, account: str, evidence: np.ndarray, hashes: list[str], links: tuple[str, ...]
+        self,
+        account: str,
+        evidence: np.ndarray,
+        hashes: list[str],
+        links: tuple[str, ...],
+        sketches: np.ndarray | None = None,
     ) -> tuple[AccountState, list[AccountState]] | None:
         """:meth:`record`, also returning the links' new states (no second read for the tier)."""
         now = self.clock()
+        pooled = self._pooled()
         try:
-            before, state = self._update(account, evidence, hashes, now)
+            before, state = self._update(account, evidence, hashes, sketches, now, pooled)
             linked = [
-                self._update(link_state_name(link), evidence, hashes, now)[1] for link in links
+                self._update(link_state_name(link), evidence, hashes, sketches, now, pooled)[1]
+                for link in links
             ]
         except StoreUnavailable as exc:
             self._unavailable(exc)
@@ -215,28 +284,28 @@ class AccountService:
     def serve(
         self,
         account: str,
-        answer: Callable[[str], tuple[T, np.ndarray, list[str]]],
+        answer: Callable[[str], tuple],
         links: tuple[str, ...] = (),
     ) -> tuple[T, str]:
         """Answer one request of ``account`` and feed it to the account's test.
 
         ``answer(tier)`` computes the reply for the account's tier ("", "review" or
-        "suspected") and returns ``(reply, evidence, sample hashes)``. If this very request
+        "suspected") and returns an :class:`Answered` (or the same fields as a tuple: reply,
+        evidence, sample hashes and optionally sketches). If this very request
         raises the account's tier, it is answered again at the new tier: otherwise a thief
         with more accounts than requests (each account sending one large batch) would never
         receive a policy answer. Returns ``(reply, tier it was answered at)``.
         """
         tier = self.tier(account, links)
-        reply, evidence, hashes = answer(tier)
+        reply, evidence, hashes, sketches = Answered(*answer(tier))
         if evidence is None:
             return reply, tier
-        recorded = self._record(account, evidence, hashes, links)
+        recorded = self._record(account, evidence, hashes, links, sketches)
         if recorded is None:
             return reply, tier
         now_tier = combined_tier(*recorded, self.clock(), self.settings)
         if TIERS.index(now_tier) > TIERS.index(tier):
-            reply, _, _ = answer(now_tier)
-            return reply, now_tier
+            return Answered(*answer(now_tier)).reply, now_tier
         return reply, tier
 
     def clear(self, account: str) -> AccountState:

@@ -2,7 +2,9 @@
 
 Both stores offer one atomic operation, :meth:`AccountStore.record`: find which of a request's
 samples the account sent before, add them to its remembered set, and apply an update function
-(the core's CUSUM step) to its state. The statistic is computed in Python on both (Redis runs
+(the core's CUSUM step) to its state. The update may ask for the account's recent lineage
+sketches (``core/lineage.py``); the request's new ones are kept after it, ``keep_sketches`` at
+most. The statistic is computed in Python on both (Redis runs
 no script of ours), so there is one implementation of the test; Redis gets atomicity from an
 optimistic transaction (WATCH / MULTI) that is retried when another gateway wrote first.
 """
@@ -11,15 +13,19 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import numpy as np
 
 from ..core.accounts import AccountState
+from ..core.lineage import SKETCH_SIZE
 
-Update = Callable[[AccountState, np.ndarray], AccountState]
+# update(state, is_new, past): the new state; ``past()`` returns the account's kept sketches,
+# ``uint8 [M, SKETCH_SIZE]`` oldest first, read only if the update calls it.
+Past = Callable[[], np.ndarray]
+Update = Callable[[AccountState, np.ndarray, Past], AccountState]
 
 
 class StoreUnavailable(RuntimeError):
@@ -37,12 +43,32 @@ def first_occurrences(hashes: list[str]) -> np.ndarray:
     return mask
 
 
+def as_sketches(rows: list[bytes]) -> np.ndarray:
+    """Kept sketch rows as ``uint8 [M, SKETCH_SIZE]``."""
+    return np.frombuffer(b"".join(rows), np.uint8).reshape(-1, SKETCH_SIZE)
+
+
+def new_rows(sketches: np.ndarray | None, is_new: np.ndarray, keep: int) -> list[bytes]:
+    """The rows of a request's sketches to keep: its new samples', the last ``keep`` at most."""
+    if sketches is None or keep <= 0:
+        return []
+    rows = np.asarray(sketches, np.uint8).reshape(len(is_new), SKETCH_SIZE)[is_new]
+    return [row.tobytes() for row in rows[-keep:]]
+
+
 class AccountStore(Protocol):
     def get(self, account: str) -> AccountState: ...
 
     def put(self, account: str, state: AccountState) -> None: ...
 
-    def record(self, account: str, hashes: list[str], update: Update) -> AccountState: ...
+    def record(
+        self,
+        account: str,
+        hashes: list[str],
+        update: Update,
+        sketches: np.ndarray | None = None,
+        keep_sketches: int = 0,
+    ) -> AccountState: ...
 
     def accounts(self) -> Iterator[tuple[str, AccountState]]: ...
 
@@ -55,6 +81,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._states: dict[str, AccountState] = {}
         self._seen: dict[str, OrderedDict[str, None]] = {}
+        self._sketches: dict[str, deque[bytes]] = {}
 
     def get(self, account: str) -> AccountState:
         with self._lock:
@@ -64,7 +91,14 @@ class MemoryStore:
         with self._lock:
             self._states[account] = state
 
-    def record(self, account: str, hashes: list[str], update: Update) -> AccountState:
+    def record(
+        self,
+        account: str,
+        hashes: list[str],
+        update: Update,
+        sketches: np.ndarray | None = None,
+        keep_sketches: int = 0,
+    ) -> AccountState:
         with self._lock:
             seen = self._seen.setdefault(account, OrderedDict())
             is_new = first_occurrences(hashes) & np.array([h not in seen for h in hashes], bool)
@@ -73,8 +107,18 @@ class MemoryStore:
                 seen.move_to_end(h)
             while len(seen) > self.dedupe_window:
                 seen.popitem(last=False)
-            state = update(self._states.get(account, AccountState()), is_new)
+            kept = self._sketches.get(account)
+            state = update(
+                self._states.get(account, AccountState()),
+                is_new,
+                lambda: as_sketches(list(kept or ())),
+            )
             self._states[account] = state
+            rows = new_rows(sketches, is_new, keep_sketches)
+            if rows:
+                if kept is None or kept.maxlen != keep_sketches:
+                    kept = self._sketches[account] = deque(kept or (), maxlen=keep_sketches)
+                kept.extend(rows)
             return state
 
     def accounts(self) -> Iterator[tuple[str, AccountState]]:
@@ -84,8 +128,9 @@ class MemoryStore:
 
 
 class RedisStore:
-    """State in Redis: ``<prefix>:{<account>}:state`` (JSON) and ``<prefix>:{<account>}:seen``
-    (a set of sample hashes), both expiring ``ttl_s`` after the account's last query.
+    """State in Redis: ``<prefix>:{<account>}:state`` (JSON), ``<prefix>:{<account>}:seen``
+    (a set of sample hashes) and ``<prefix>:{<account>}:sketch`` (a list of lineage sketches,
+    hex), all expiring ``ttl_s`` after the account's last query.
 
     The braces are a Redis Cluster hash tag: both keys of an account hash to one slot, so the
     transaction that watches and writes both is allowed there. Keys written before the tags
@@ -114,6 +159,9 @@ class RedisStore:
     def _keys(self, account: str) -> tuple[str, str]:
         return f"{self.prefix}:{{{account}}}:state", f"{self.prefix}:{{{account}}}:seen"
 
+    def _sketch_key(self, account: str) -> str:
+        return f"{self.prefix}:{{{account}}}:sketch"
+
     def _legacy_keys(self, account: str) -> tuple[str, str]:
         return f"{self.prefix}:{account}:state", f"{self.prefix}:{account}:seen"
 
@@ -134,26 +182,46 @@ class RedisStore:
         key = self._keys(account)[0]
         self._call(lambda: self.client.set(key, json.dumps(state.to_dict()), ex=self.ttl_s))
 
-    def record(self, account: str, hashes: list[str], update: Update) -> AccountState:
+    def record(
+        self,
+        account: str,
+        hashes: list[str],
+        update: Update,
+        sketches: np.ndarray | None = None,
+        keep_sketches: int = 0,
+    ) -> AccountState:
         state_key, seen_key = self._keys(account)
+        sketch_key = self._sketch_key(account)
         legacy_state = self._legacy_keys(account)[0]
 
         def transaction() -> AccountState:
             with self.client.pipeline() as pipe:
                 while True:
                     try:
-                        pipe.watch(state_key, seen_key)
+                        pipe.watch(state_key, seen_key, sketch_key)
                         raw = pipe.get(state_key) or pipe.get(legacy_state)
                         known = pipe.smismember(seen_key, hashes) if hashes else []
                         is_new = first_occurrences(hashes) & ~np.array(known, bool)
+
+                        def past() -> np.ndarray:
+                            rows = pipe.lrange(sketch_key, 0, -1)
+                            return as_sketches([bytes.fromhex(r) for r in rows])
+
                         state = update(
-                            AccountState.from_dict(json.loads(raw) if raw else None), is_new
+                            AccountState.from_dict(json.loads(raw) if raw else None),
+                            is_new,
+                            past,
                         )
+                        rows = new_rows(sketches, is_new, keep_sketches)
                         pipe.multi()
                         pipe.set(state_key, json.dumps(state.to_dict()), ex=self.ttl_s)
                         if hashes:
                             pipe.sadd(seen_key, *hashes)
                             pipe.expire(seen_key, self.ttl_s)
+                        if rows:
+                            pipe.rpush(sketch_key, *(r.hex() for r in rows))
+                            pipe.ltrim(sketch_key, -keep_sketches, -1)
+                            pipe.expire(sketch_key, self.ttl_s)
                         pipe.execute()
                         return state
                     except self._watch_error:

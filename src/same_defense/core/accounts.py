@@ -30,9 +30,22 @@ the same code:
 
 The answer to a suspected account is graded (:data:`TIERS`): ``review`` costs information,
 not correctness (top-1 label, no probabilities); ``suspected`` (the policy on every query,
-misinformation by default) is kept for strong evidence: a statistic of ``strong_factor * h``
-together with a share of per-query flags that honest drift does not reach, or the operator's
-confirmation (``same-accounts confirm``).
+misinformation by default) is kept for strong evidence, or the operator's confirmation
+(``same-accounts confirm``). Strong evidence is a statistic of ``strong_factor * h`` and a share
+of per-query flags, *and* a pattern that a customer whose camera or scanner drifted does not
+show: by their scores alone the two are the same (a blurred digit scores like an upscaled 8x8
+one, a brighter scan like a JBDA query), so the score's strength cannot tell them apart.
+
+- **The victim is unsure of the account's flagged queries**: their mean top-1 probability is
+  below ``strong_max_confidence`` by ``strong_confidence_z`` standard errors. On shifts of
+  the calibration split, digits the victim still answers at >= 0.85 kept a mean of 0.78-0.94
+  on their flagged queries; 8x8 digits 0.67-0.68, photo crops 0.47-0.48, blurred font digits
+  0.63-0.66. What such an account would lose is answers the victim gets wrong a third of the
+  time anyway.
+- **Lineage** (:mod:`.lineage`): at least ``strong_lineage_share`` of its flagged queries are a
+  small step from an earlier query of the account or of another account under review
+  (``accounts/lineage_pool.py``), the way JBDA builds its queries (97 % of them after its
+  seed set; 6-15 % for honest digits).
 """
 
 from __future__ import annotations
@@ -44,8 +57,9 @@ from functools import cached_property
 import numpy as np
 
 # The columns of the ensemble's internal output (layout.ACCOUNT_OUTPUT), per query: its
-# class-conditional p-value, the victim's predicted class and whether its own score was flagged.
-ACCOUNT_OUTPUT_WIDTH = 3
+# class-conditional p-value, the victim's predicted class, whether its own score was flagged
+# and the victim's top-1 probability.
+ACCOUNT_OUTPUT_WIDTH = 4
 # Tiers of the answer to an account, weakest first: "" (normal), "review" (top-1 label only),
 # "suspected" (the response policy on every query).
 REVIEW = "review"
@@ -74,6 +88,21 @@ class AccountSettings:
     strong_flag_share: float = 0.25
     # How many distinct queries the flag share is counted over before it may count as strong.
     strong_min_queries: int = 50
+    # ...and a pattern drift does not show (module docstring): the flagged queries' mean top-1
+    # probability below strong_max_confidence, or at least strong_lineage_share of them near
+    # an earlier query (lineage_tolerance of 255 per block, among the last lineage_window
+    # distinct queries). strong_patterns False: statistic and flag share alone (before 2026-12).
+    strong_max_confidence: float = 0.75
+    # ...with this many standard errors to spare: the mean is looked at after every query,
+    # and a running mean of 50 that dips below the line once would misinform for a week.
+    strong_confidence_z: float = 2.33
+    strong_lineage_share: float = 0.5
+    lineage_tolerance: int = 40
+    lineage_window: int = 2048
+    # Sketches of every account under review, pooled (accounts/lineage_pool.py): lineage
+    # across unrelated keys. 0: each account's own sketches only.
+    lineage_pool: int = 8192
+    strong_patterns: bool = True
     # A linked state's alarm (the caller's network or key group) applies to an account while
     # it is young (fewer distinct queries) or its own statistic is above elevated_factor * h;
     # an established account behind the same prefix (a company's NAT) keeps its answers.
@@ -99,8 +128,20 @@ class AccountSettings:
             raise ValueError(f"h must be positive, got {self.h}")
         if self.suspicion_ttl_s < 0 or self.dedupe_window < 0:
             raise ValueError("suspicion_ttl_s and dedupe_window must be >= 0")
+        self._check_strong_rule()
+
+    def _check_strong_rule(self) -> None:
         if self.strong_factor < 1.0 or not 0.0 <= self.strong_flag_share <= 1.0:
             raise ValueError("need strong_factor >= 1 and strong_flag_share in [0, 1]")
+        if self.strong_confidence_z < 0:
+            raise ValueError(f"strong_confidence_z must be >= 0, got {self.strong_confidence_z}")
+        if not 0.0 < self.strong_lineage_share <= 1.0 or not 0.0 <= self.strong_max_confidence:
+            raise ValueError("need strong_lineage_share in (0, 1] and strong_max_confidence >= 0")
+        if (
+            not 0 <= self.lineage_tolerance <= 255
+            or min(self.lineage_window, self.lineage_pool) < 0
+        ):
+            raise ValueError("need lineage_tolerance in [0, 255], lineage_window and pool >= 0")
 
     @property
     def statistics(self) -> int:
@@ -167,6 +208,13 @@ class AccountState:
     distinct: int = 0  # samples that entered the test (repeats excluded)
     exceedances: int = 0  # distinct queries at or below the middle level
     flagged: int = 0  # distinct queries whose own score was above the per-query threshold
+    # Over the flagged distinct queries: the victim's top-1 probabilities summed; of those whose
+    # lineage was looked at (between alarm and strong evidence), how many, and how many were a
+    # small step from an earlier query.
+    flagged_confidence: float = 0.0
+    flagged_confidence_sq: float = 0.0
+    flagged_checked: int = 0
+    flagged_near: int = 0
     cusum: float = 0.0  # the largest of the bank's statistics
     peak_cusum: float = 0.0
     statistics: list = field(default_factory=list)  # the bank's K statistics
@@ -196,6 +244,14 @@ class AccountState:
         if not settings.graded or (settings.auto_strong and self.strong_at_query > 0):
             return SUSPECTED
         return REVIEW
+
+    def wants_lineage(self, settings: AccountSettings) -> bool:
+        """Whether the next request's lineage can still matter: alarm fired, not yet strong.
+
+        Lineage counts only between the alarm and strong evidence, so the store reads an
+        account's sketches only then (every request still adds to them).
+        """
+        return settings.strong_patterns and self.suspected_at_query > 0 and not self.strong_at_query
 
     def open_to_links(self, settings: AccountSettings) -> bool:
         """Whether a linked state's alarm applies to this account: young or elevated."""
@@ -258,34 +314,80 @@ def score_pvalues(
     return out
 
 
+def strong_pattern(
+    flagged: np.ndarray,
+    confidence: np.ndarray,
+    confidence_sq: np.ndarray,
+    checked: np.ndarray,
+    near: np.ndarray,
+    settings: AccountSettings,
+) -> np.ndarray:
+    """Per query of a request: whether the account's flagged queries show a drift-free pattern.
+
+    The patterns are in the module docstring. Arguments are running totals over the flagged
+    queries: how many, their summed top-1 probability and its square, how many had their
+    lineage looked at and how many of those were near an earlier query. "Unsure" needs the
+    mean top-1 probability below ``strong_max_confidence`` by ``strong_confidence_z``
+    standard errors (the spread floored at 0.1, so a handful of alike queries is not enough).
+    """
+    if not settings.strong_patterns:
+        return np.ones(len(flagged), bool)
+    n = np.maximum(flagged, 1)
+    mean = confidence / n
+    spread = np.sqrt(np.maximum(confidence_sq / n - mean**2, 0.01))
+    unsure = mean + settings.strong_confidence_z * spread / np.sqrt(n) < (
+        settings.strong_max_confidence
+    )
+    lineage = near >= settings.strong_lineage_share * np.maximum(checked, 1)
+    return (flagged > 0) & (unsure | (checked > 0) & lineage)
+
+
+def _columns(evidence: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """p-values, predicted classes, flags and top-1 probabilities of ``evidence``.
+
+    Older repositories wrote three columns (no probability: read as 0, "unsure", which keeps
+    the strong rule they were built with) or bare ``[N]`` p-values (class -1, unflagged).
+    """
+    if evidence.ndim == 2 and evidence.shape[1] >= 3:
+        width = evidence.shape[1]
+        confidence = evidence[:, 3] if width >= ACCOUNT_OUTPUT_WIDTH else np.zeros(len(evidence))
+        return evidence[:, 0], evidence[:, 1], evidence[:, 2] > 0.5, confidence
+    pvalues = evidence.reshape(-1)
+    n = len(pvalues)
+    return pvalues, np.full(n, -1.0), np.zeros(n, bool), np.zeros(n)
+
+
 def update_state(
     state: AccountState,
     evidence: np.ndarray,
     is_new: np.ndarray,
     settings: AccountSettings,
     now: float,
+    near: np.ndarray | None = None,
 ) -> AccountState:
     """Feed one request's queries into the account's bank of CUSUMs; returns the new state.
 
-    ``evidence`` is the ensemble's internal output, ``[N, 3]``: each query's class-conditional
-    p-value, the victim's predicted class and its per-query flag (a bare ``[N]`` of p-values
-    counts as class -1, bounded conservatively, unflagged). ``is_new[i]`` is False for a sample
-    the account sent before (it is answered but does not enter the test). Once suspected, the
-    statistics keep counting but the alarm time stays.
+    ``evidence`` is the ensemble's internal output, ``[N, 4]``: each query's class-conditional
+    p-value, the victim's predicted class, its per-query flag and the victim's top-1
+    probability (older layouts: :func:`_columns`). ``is_new[i]`` is False for a sample the
+    account sent before (it is answered but does not enter the test). ``near[i]``: whether the
+    query is a small step from an earlier one (:mod:`.lineage`; None: not looked at). Once
+    suspected, the statistics keep counting but the alarm time stays.
     """
     evidence = np.asarray(evidence, dtype=np.float64)
-    if evidence.ndim == 2 and evidence.shape[1] >= ACCOUNT_OUTPUT_WIDTH:
-        pvalues, predicted, flags = evidence[:, 0], evidence[:, 1], evidence[:, 2] > 0.5
-    else:
-        pvalues = evidence.reshape(-1)
-        predicted, flags = np.full(len(pvalues), -1.0), np.zeros(len(pvalues), bool)
+    pvalues, predicted, flags, confidence = _columns(evidence)
     is_new = np.asarray(is_new, dtype=bool).reshape(-1)
+    checked = np.full(len(pvalues), near is not None)
+    near = np.zeros(len(pvalues), bool) if near is None else np.asarray(near, bool).reshape(-1)
     s = AccountState.from_dict(state.to_dict())
     s.queries += len(pvalues)
     stats = np.zeros(settings.statistics)
     if len(s.statistics) == settings.statistics:
         stats = np.asarray(s.statistics, np.float64)
     p, f = pvalues[is_new], flags[is_new]
+    f_conf = np.where(f, confidence[is_new], 0.0)
+    f_checked = f & checked[is_new]
+    f_near = f & near[is_new]
     n = len(p)
     if n:
         # Page's recursion S_t = max(0, S_{t-1} + x_t) in closed form, for the whole request
@@ -302,10 +404,19 @@ def update_state(
                 s.suspected_at_query = int(distinct[alarm_from])
                 s.suspected_since = now
         if alarm_from is not None and not s.strong_at_query:
+            flagged_so_far = s.flagged + np.cumsum(f)
             strong = (
                 (top >= settings.strong_factor * settings.h)
                 & (distinct >= settings.strong_min_queries)
-                & (s.flagged + np.cumsum(f) >= settings.strong_flag_share * distinct)
+                & (flagged_so_far >= settings.strong_flag_share * distinct)
+                & strong_pattern(
+                    flagged_so_far,
+                    s.flagged_confidence + np.cumsum(f_conf),
+                    s.flagged_confidence_sq + np.cumsum(f_conf**2),
+                    s.flagged_checked + np.cumsum(f_checked),
+                    s.flagged_near + np.cumsum(f_near),
+                    settings,
+                )
             )
             strong[:alarm_from] = False
             hits = np.flatnonzero(strong)
@@ -317,6 +428,10 @@ def update_state(
         s.distinct += n
         s.exceedances += int((p <= middle).sum())
         s.flagged += int(f.sum())
+        s.flagged_confidence = round(s.flagged_confidence + float(f_conf.sum()), 6)
+        s.flagged_confidence_sq = round(s.flagged_confidence_sq + float((f_conf**2).sum()), 6)
+        s.flagged_checked += int(f_checked.sum())
+        s.flagged_near += int(f_near.sum())
     s.statistics = [round(float(v), 6) for v in stats]
     s.cusum = float(stats.max()) if len(stats) else 0.0
     return s
@@ -346,13 +461,16 @@ def confirm_suspicion(state: AccountState, now: float) -> AccountState:
     return s
 
 
-def account_evidence(pvalues: np.ndarray, predicted: np.ndarray, flagged: np.ndarray) -> np.ndarray:
-    """The ``[N, 3]`` internal output: p-value, predicted class, per-query flag (0/1)."""
+def account_evidence(
+    pvalues: np.ndarray, predicted: np.ndarray, flagged: np.ndarray, confidence: np.ndarray
+) -> np.ndarray:
+    """The ``[N, 4]`` internal output: p-value, class, flag (0/1), victim's top-1 probability."""
     return np.stack(
         [
             np.asarray(pvalues, np.float64).reshape(-1),
             np.asarray(predicted, np.float64).reshape(-1),
             np.asarray(flagged, np.float64).reshape(-1),
+            np.asarray(confidence, np.float64).reshape(-1),
         ],
         axis=1,
     )

@@ -72,9 +72,11 @@ class Decision:
         )
 
     def evidence(self) -> np.ndarray:
-        """The ``[N, 3]`` internal output the gateway's account test reads (p, class, flag)."""
+        """The ``[N, 4]`` evidence the gateway's account test reads (p, class, flag, top-1)."""
         pvalues = np.ones(len(self.scores)) if self.pvalues is None else self.pvalues
-        return account_evidence(pvalues, self.true_probs.argmax(axis=1), self.flagged)
+        return account_evidence(
+            pvalues, self.true_probs.argmax(axis=1), self.flagged, self.true_probs.max(axis=1)
+        )
 
 
 def as_tier(value: bool | str) -> str:

@@ -28,6 +28,7 @@ from ..accounts import KeyStore, sample_hashes
 from ..core.accounts import ACCOUNT_OUTPUT_WIDTH
 from ..core.decision import as_tier
 from ..core.layout import ACCOUNT_OUTPUT, ACCOUNT_PARAMETER
+from ..core.lineage import sketches
 
 AUTH_HEADER = "authorization"
 BEARER = "bearer "
@@ -68,6 +69,18 @@ class PreparedInfer:
     request: bytes  # what goes to Triton
     samples: int
     hashes: list[str]
+    sketches: np.ndarray | None = None  # lineage sketches; None where the input is not FP32
+
+
+def input_sketches(message: service_pb2.ModelInferRequest, data: bytes, samples: int):
+    """The lineage sketches of a request's FP32 images, or None (another type, sizes that do
+    not add up: Triton refuses those requests itself)."""
+    if not message.inputs or message.inputs[0].datatype != "FP32" or samples < 1:
+        return None
+    if len(data) != samples * 4 * int(np.prod(message.inputs[0].shape[1:], dtype=np.int64)):
+        return None
+    images = np.frombuffer(data, dtype="<f4").reshape(samples, *message.inputs[0].shape[1:])
+    return sketches(images if images.ndim in (2, 3, 4) else images.reshape(samples, -1))
 
 
 class InternalOutputRequested(Exception):
@@ -109,13 +122,15 @@ def prepare_infer(
         hashes = sample_hashes(data, samples)
     except ValueError:  # malformed sizes: Triton refuses the request; hash it whole
         hashes = sample_hashes(data, 1) * samples
-    return PreparedInfer(message.SerializeToString(), samples, hashes)
+    return PreparedInfer(
+        message.SerializeToString(), samples, hashes, input_sketches(message, data, samples)
+    )
 
 
 def finish_infer(response: bytes) -> tuple[bytes, np.ndarray | None]:
-    """Strip the internal output from Triton's answer; return it as float64 ``[N, 3]``
-    evidence (p-value, predicted class, flag per query; ``[N]`` p-values from a repository
-    built before the evidence had three columns)."""
+    """Strip the internal output from Triton's answer; return it as float64 ``[N, 4]``
+    evidence (p-value, predicted class, flag, top-1 probability per query; repositories built
+    before write ``[N, 3]`` or ``[N]``, which the account test still reads)."""
     message = service_pb2.ModelInferResponse.FromString(response)
     names = [o.name for o in message.outputs]
     if ACCOUNT_OUTPUT not in names:
@@ -129,8 +144,8 @@ def finish_infer(response: bytes) -> tuple[bytes, np.ndarray | None]:
         values = np.asarray(message.outputs[i].contents.fp32_contents, dtype=np.float32)
     del message.outputs[i]
     evidence = values.astype(np.float64)
-    if len(shape) == 2 and shape[1] == ACCOUNT_OUTPUT_WIDTH:
-        evidence = evidence.reshape(-1, ACCOUNT_OUTPUT_WIDTH)
+    if len(shape) == 2 and shape[1] in (3, ACCOUNT_OUTPUT_WIDTH):
+        evidence = evidence.reshape(-1, shape[1])
     return message.SerializeToString(), evidence
 
 

@@ -12,6 +12,7 @@ from ..accounts import AccountService, KeyStore, MemoryStore, RedisStore
 from ..accounts.admin import DEFAULT_ADMIN_LISTEN, DEFAULT_TOKEN_FILE
 from ..accounts.audit import DEFAULT_AUDIT_LOG, AuditLog
 from ..accounts.keys import DEFAULT_KEY_FILE
+from ..accounts.lineage_pool import RedisLineagePool
 from ..accounts.population import PopulationMonitor, RedisAlarmLog
 from ..accounts.service import FAIL_MODES
 from ..core.accounts import account_settings_from_manifest
@@ -102,8 +103,18 @@ class AccountOptions:
         # With Redis every gateway sees every gateway's alarms: one population, not one each.
         alarms = RedisAlarmLog(self.redis_url) if self.redis_url else None
         population = PopulationMonitor(log=alarms) if self.drift_monitor else None
+        # ...and every gateway's accounts under review add to one lineage pool.
+        pool = (
+            RedisLineagePool(self.redis_url, size=settings.lineage_pool)
+            if self.redis_url and settings.strong_patterns and settings.lineage_pool > 0
+            else None
+        )
         return AccountService(
-            settings, store, on_store_error=self.on_store_error, population=population
+            settings,
+            store,
+            on_store_error=self.on_store_error,
+            population=population,
+            lineage_pool=pool,
         )
 
 

@@ -17,10 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
-import numpy as np
 from tritonclient.grpc import service_pb2
 
-from ..accounts import AccountService, AccountStateUnavailable
+from ..accounts import AccountService, AccountStateUnavailable, Answered
 from ..accounts.links import account_links, client_address
 from ..core.layout import ACCOUNT_OUTPUT
 from .accounting import (
@@ -209,7 +208,7 @@ class GatewayCore:
     def _infer(self, account: str, request: service_pb2.ModelInferRequest, caller: Caller) -> bytes:
         samples = 0
 
-        def answer(tier: str) -> tuple[bytes, np.ndarray | None, list[str]]:
+        def answer(tier: str) -> Answered[bytes]:
             nonlocal samples
             if tier and self.throttle is not None and not self.throttle.allow(account):
                 raise GatewayError(
@@ -223,7 +222,7 @@ class GatewayCore:
                 evidence = None  # not this ensemble's answer: nothing to feed the test
             if tier and self.rules.tell_review:
                 response = mark_review(response, tier)
-            return response, evidence, prepared.hashes
+            return Answered(response, evidence, prepared.hashes, prepared.sketches)
 
         try:
             if self.accounts is None:

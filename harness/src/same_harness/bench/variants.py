@@ -173,7 +173,9 @@ def quality(
     for name, x in queries.items():
         scores, labels = score(x)
         auroc[name] = round(detection_metrics(negatives, scores)["auroc"], 4)
-        evidence = account_evidence(score_pvalues(scores, labels, reference), labels, 0 * labels)
+        evidence = account_evidence(
+            score_pvalues(scores, labels, reference), labels, 0 * labels, np.ones(len(labels))
+        )
         state = update_state(AccountState(), evidence, np.ones(len(x), bool), settings, now=0.0)
         delay[name] = state.suspected_at_query or None
     return auroc, delay

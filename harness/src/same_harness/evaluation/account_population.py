@@ -16,17 +16,19 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from same_defense.accounts import AccountService, MemoryStore, sample_hashes
+from same_defense.accounts import AccountService, Answered, MemoryStore, sample_hashes
 from same_defense.accounts.population import PopulationMonitor
 from same_defense.core import (
     REVIEW,
     SUSPECTED,
     AccountSettings,
+    Decision,
     DefenseSettings,
     check_inputs,
     defend,
     reference_from_manifest,
 )
+from same_defense.core.lineage import sketches
 from same_defense.runtime.inprocess import InProcessSame
 
 from ..attacks.oracle import Answer, _Accounting
@@ -34,6 +36,9 @@ from ..data.shifts import photo_copies
 from .defenses import CachedGraphs
 
 LINK_MODES = ("unrelated", "one-network", "one-group")
+# How a thief spreads its requests over its accounts: in turn, or each to a random account
+# (a JBDA thief who has read core/lineage.py keeps a query and its parent apart).
+SPREADS = ("round-robin", "shuffled")
 VIEW_FIELDS = ("score", "flagged", "tier", "account", "misinformed", "foreign")
 TIER_CODES = {"": 0, REVIEW: 1, SUSPECTED: 2}
 
@@ -102,8 +107,8 @@ def link_names(mode: str, index: int) -> tuple[str, ...]:
 
 class AccountOracle(_Accounting):
     """The thief's queries as requests of ``request_size`` images (None: the attack's own
-    batches), spread round-robin over ``accounts`` accounts, answered as the gateway and the
-    defense step would.
+    batches), spread over ``accounts`` accounts (``spread``: in turn, or each request to a
+    random one), answered as the gateway and the defense step would.
 
     Besides the transcript it keeps the operator's view of every query: SAME score, per-query
     flag, the tier it was answered at, the account, whether the answer was misinformation
@@ -124,10 +129,15 @@ class AccountOracle(_Accounting):
         links: str = "unrelated",
         dilution: Dilution | None = None,
         settings: DefenseSettings | None = None,
+        spread: str = "round-robin",
+        seed: int = 0,
     ) -> None:
         super().__init__(budget, record)
         if accounts < 1:
             raise ValueError(f"accounts must be >= 1, got {accounts}")
+        if spread not in SPREADS:
+            raise ValueError(f"unknown spread {spread!r}; choose one of {', '.join(SPREADS)}")
+        self._shuffle = np.random.default_rng([seed, 7]) if spread == "shuffled" else None
         self.settings: DefenseSettings = settings or pipeline.settings
         self.service = service
         self.graphs = graphs if graphs is not None else CachedGraphs(pipeline.graphs)
@@ -179,16 +189,20 @@ class AccountOracle(_Accounting):
         return Answer(probs_all[foreign], labels_all[foreign])
 
     def _request(self, images: np.ndarray, foreign: np.ndarray) -> Answer:
-        index = self.requests % len(self.names)
+        index = (
+            self.requests % len(self.names)
+            if self._shuffle is None
+            else int(self._shuffle.integers(len(self.names)))
+        )
         name = self.names[index]
         self.requests += 1
         out = self.graphs.run(images)
         check_inputs(out.input_stats)  # refused by the ensemble before any account bookkeeping
-        hashes = sample_hashes(images)
+        hashes, kept = sample_hashes(images), sketches(images)
 
-        def answer(tier: str):
+        def answer(tier: str) -> Answered[Decision]:
             decision = defend(out.logits, out.recon_error, out.shadow_logits, self.settings, tier)
-            return decision, decision.evidence(), hashes
+            return Answered(decision, decision.evidence(), hashes, kept)
 
         decision, tier = self.service.serve(name, answer, self.links[index])
         self.sent += len(images)

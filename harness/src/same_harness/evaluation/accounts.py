@@ -55,6 +55,7 @@ class ThiefCase:
     ratio: int = 0  # copies per foreign query (dilution)
     seed: int = 0
     response: str = "graded"  # see account_population.RESPONSES
+    spread: str = "round-robin"  # see account_population.SPREADS
 
     @property
     def cost(self) -> float:
@@ -80,8 +81,9 @@ class AccountEvalConfig:
     shifted_accounts: int = 10
     shifts: tuple[str, ...] = ()  # empty: every kind@strength of data.shifts
     heavy_queries: int = 10_000
-    # An earlier accounts.json whose thief runs (the 45-minute part) are taken as they are;
-    # the honest and shifted parts are measured again. Same repository and settings only.
+    # An earlier accounts.json whose thief runs (the 45-minute part) are taken as they are
+    # (cases it lacks run now); the honest and shifted parts are measured again. Same
+    # repository and settings only.
     reuse_thieves: str | None = None
     responses: tuple[str, ...] = ("graded", "review-only", "legacy")
     clone: CloneConfig = field(default_factory=lambda: CloneConfig(epochs=DEFAULT_EPOCHS))
@@ -122,6 +124,11 @@ class AccountEvalConfig:
                 if a.startswith("knockoff"):
                     cases += [
                         ThiefCase(a, o, 1, pool=p, ratio=r, seed=s0) for p, r in self.dilutions
+                    ]
+                if a == "jbda":  # lineage is per account: the thief keeps parents apart
+                    shuffled = {2, *(k for k in self.account_counts if 1 < k <= 50)}
+                    cases += [
+                        ThiefCase(a, o, k, seed=s0, spread="shuffled") for k in sorted(shuffled)
                     ]
                 cases += [
                     ThiefCase(a, o, k, seed=s0, response=r)
@@ -198,6 +205,8 @@ def run_one(config: AccountEvalConfig, case: ThiefCase) -> dict:
             links=case.links,
             dilution=dilution,
             settings=response_settings(pipeline.settings, case.response),
+            spread=case.spread,
+            seed=case.seed,
         )
     result = thief.run(
         LabelOnly(oracle) if case.output == "labels" else oracle, trainer, case.output
@@ -266,13 +275,25 @@ def describe(r: dict) -> str:
     )
 
 
-def run_thieves(config: AccountEvalConfig) -> list[dict]:
-    """Every case, in ``config.workers`` spawned processes (one thread each) or in this one."""
-    cases, records = config.cases(), []
+def case_key(record: dict) -> tuple:
+    """A run's case, from a record (fields added since an earlier report take defaults)."""
+    defaults = asdict(ThiefCase("", "", 0))
+    return tuple(record.get(name, default) for name, default in defaults.items())
+
+
+def run_thieves(config: AccountEvalConfig, done: list[dict] | None = None) -> list[dict]:
+    """Every case not among ``done`` (earlier records, kept as they are), in
+    ``config.workers`` spawned processes (one thread each) or in this one."""
+    done = done or []
+    known = {case_key(r) for r in done}
+    cases = [c for c in config.cases() if case_key(asdict(c)) not in known]
+    records = list(done)
+    if not cases:
+        return records
     if config.workers <= 1:
         for case in cases:
             records.append(run_one(config, case))
-            log.info("%s (%d/%d)", describe(records[-1]), len(records), len(cases))
+            log.info("%s (%d/%d)", describe(records[-1]), len(records) - len(done), len(cases))
         return records
     import multiprocessing as mp
 
@@ -286,7 +307,7 @@ def run_thieves(config: AccountEvalConfig) -> list[dict]:
     ) as pool:
         for future in as_completed([pool.submit(run_one, config, c) for c in cases]):
             records.append(future.result())
-            log.info("%s (%d/%d)", describe(records[-1]), len(records), len(cases))
+            log.info("%s (%d/%d)", describe(records[-1]), len(records) - len(done), len(cases))
     return records
 
 
@@ -369,8 +390,9 @@ def evaluate(config: AccountEvalConfig) -> dict:
     now_settings = json.loads(json.dumps(service.settings.to_dict()))  # tuples as lists
     if earlier is not None and earlier["settings"]["account_test"] != now_settings:
         raise ValueError(f"{config.reuse_thieves}: its thieves met other account-test settings")
+    # Earlier runs are kept; cases the earlier report lacks (a case added since) run now.
     records = sorted(
-        earlier["thieves"] if earlier else run_thieves(config),
+        run_thieves(config, earlier["thieves"] if earlier else None),
         key=lambda r: (
             r["attack"],
             r["output"],
@@ -434,8 +456,8 @@ def parse_args(argv: list[str] | None) -> AccountEvalConfig:
     p.add_argument(
         "--reuse-thieves",
         metavar="JSON",
-        help="take the thief runs of an earlier accounts.json (same repository and test "
-        "settings) and measure the honest and shifted users again",
+        help="keep the thief runs of an earlier accounts.json (same repository and test "
+        "settings), run only the cases it lacks, and measure the honest and shifted users again",
     )
     a = p.parse_args(argv)
     q = a.quick

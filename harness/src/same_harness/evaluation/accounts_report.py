@@ -23,8 +23,15 @@ def _pick(records: list[dict], **match) -> list[dict]:
 
 
 def _plain(attack: str, output: str, **extra) -> dict:
-    """The match of a plain thief: one image per request, no dilution."""
-    return {"attack": attack, "output": output, "request_size": 1, "ratio": 0, **extra}
+    """The match of a plain thief: one image per request, no dilution, requests in turn."""
+    return {
+        "attack": attack,
+        "output": output,
+        "request_size": 1,
+        "ratio": 0,
+        "spread": "round-robin",
+        **extra,
+    }
 
 
 def cost_to_steal(curve: list[tuple[int, float]], undefended: float | None) -> int | None:
@@ -60,7 +67,8 @@ def compare_responses(records: list[dict]) -> list[dict]:
 def summarise(records: list[dict], floors: dict[str, dict]) -> dict:
     """Per thief: undefended, one account over seeds, the account curves, dilution, cost
     (default response); and the responses compared."""
-    compared = compare_responses(records)
+    records = [{"spread": "round-robin", **r} for r in records]  # reports before the field
+    compared = compare_responses([r for r in records if r["spread"] == "round-robin"])
     records = [r for r in records if r.get("response", "graded") == "graded"]
     rows = []
     for a, o in dict.fromkeys((r["attack"], r["output"]) for r in records):
@@ -75,6 +83,12 @@ def summarise(records: list[dict], floors: dict[str, dict]) -> dict:
             ]
             if points:
                 curves[mode] = sorted(points)
+        shuffled = [
+            (r["accounts"], r["clone_accuracy"])
+            for r in _pick(records, **_plain(a, o, links="unrelated", spread="shuffled"))
+        ]
+        if shuffled:  # k = 1 is the same thief either way
+            curves["shuffled"] = sorted(shuffled + curves.get("unrelated", [])[:1])
         batch8 = _pick(records, attack=a, output=o, accounts=1, request_size=8)
         dilution = [
             {
@@ -89,6 +103,11 @@ def summarise(records: list[dict], floors: dict[str, dict]) -> dict:
             if (r["attack"], r["output"]) == (a, o) and r["ratio"]
         ]
         undefended = _mean(und)
+        # The thief picks the cheaper way to spread its requests.
+        costs = [
+            cost_to_steal(curves[m], undefended) for m in ("unrelated", "shuffled") if m in curves
+        ]
+        found = [c for c in costs if c is not None]
         rows.append(
             {
                 "attack": a,
@@ -100,7 +119,7 @@ def summarise(records: list[dict], floors: dict[str, dict]) -> dict:
                 "one_account_misinformed": _mean([r["misinformed_share"] for r in one]),
                 "batch8": batch8[0]["clone_accuracy"] if batch8 else None,
                 "curves": curves,
-                "cost_to_steal": cost_to_steal(curves.get("unrelated", []), undefended),
+                "cost_to_steal": min(found) if found else None,
                 "max_accounts": max((k for k, _ in curves.get("unrelated", [])), default=0),
                 "dilution": sorted(dilution, key=lambda d: (d["pool"], d["ratio"])),
             }
@@ -161,8 +180,15 @@ def shifted_overall(shifted: dict, mode: str = "established") -> dict:
     kept = {k: v for k, v in shifted.items() if v["victim_accuracy"] >= SHIFT_VICTIM_FLOOR}
     accounts = sum(v[mode]["accounts"] for v in kept.values())
     suspected = sum(v[mode]["suspected"] for v in kept.values())
+    strong = sum(v[mode].get("strong", 0) for v in kept.values())
     worst = max((v[mode]["accuracy_lost_points"] for v in kept.values()), default=0.0)
-    return {"kinds": len(kept), "accounts": accounts, "suspected": suspected, "worst_lost": worst}
+    return {
+        "kinds": len(kept),
+        "accounts": accounts,
+        "suspected": suspected,
+        "strong": strong,
+        "worst_lost": worst,
+    }
 
 
 def goals(summary: dict, honest: dict, shifted_by_response: dict) -> list[dict]:
@@ -203,6 +229,25 @@ def goals(summary: dict, honest: dict, shifted_by_response: dict) -> list[dict]:
                 "met": so["worst_lost"] <= 1.0,
             }
         )
+    # New customers with shifted data look like thieves with foreign data from their first
+    # query: reviewed (top-1 labels, correct) is the most the scores can tell; never misled.
+    new = shifted_overall(shifted, "new")
+    if new["kinds"]:
+        rows.append(
+            {
+                "goal": "new shifted customers (victim >= 0.85): answered as suspected <= 0.1 %",
+                "measured": f"{new['strong']} / {new['accounts']} "
+                f"({new['suspected'] - new['strong']} reviewed)",
+                "met": new["strong"] <= 1e-3 * new["accounts"],
+            }
+        )
+        rows.append(
+            {
+                "goal": "new shifted customers (victim >= 0.85): accuracy within 1 point",
+                "measured": round(new["worst_lost"], 3),
+                "met": new["worst_lost"] <= 1.0,
+            }
+        )
     return rows
 
 
@@ -223,10 +268,14 @@ def write_plots(report: dict, out: Path) -> None:
             ks, acc = zip(*points, strict=True)
             style = "-" if s["output"] == "probs" else ":"
             ax.plot(ks, acc, "o" + style, color=f"C{i // 2}", label=f"{s['attack']} {s['output']}")
+            if mode == "unrelated" and s["curves"].get("shuffled"):
+                ks, acc = zip(*s["curves"]["shuffled"], strict=True)
+                ax.plot(ks, acc, "x" + style, color=f"C{i // 2}", alpha=0.6)
             if s["undefended"] is not None:
                 ax.axhline(s["undefended"], color=f"C{i // 2}", ls="--", lw=0.8)
         ax.axhline(GOAL_CLONE, color="k", lw=0.8)
-        ax.set(xscale="log", xlabel="accounts (1 image per request)", title=mode, ylim=(0, 1))
+        title = mode + (" (x: requests shuffled over the accounts)" if mode == "unrelated" else "")
+        ax.set(xscale="log", xlabel="accounts (1 image per request)", title=title, ylim=(0, 1))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("clone accuracy (dashed: undefended)")
     axes[-1].legend(fontsize=7)
@@ -313,6 +362,10 @@ def _thief_lines(summary: dict) -> list[str]:
     rows = []
     for s in summary["thieves"]:
         curve = ", ".join(f"{k}: {cell(a)}" for k, a in s["curves"].get("unrelated", []))
+        if s["curves"].get("shuffled"):
+            curve += "; shuffled: " + ", ".join(
+                f"{k}: {cell(a)}" for k, a in s["curves"]["shuffled"]
+            )
         linked = "; ".join(
             f"{m}: " + ", ".join(f"{k}: {cell(a)}" for k, a in s["curves"].get(m, []))
             for m in ("one-network", "one-group")
@@ -348,7 +401,14 @@ def markdown_lines(report: dict) -> list[str]:
         f"Budget {s['budget']} foreign queries per thief, policy `{s['policy']}`, seeds "
         f"{', '.join(map(str, s['seeds']))} (one account; the first elsewhere). Test: levels "
         f"{t['levels']}, lifts {t['lifts']}, h {t['h']:.2f}, strong at {t['strong_factor']} h "
-        f"with >= {t['strong_flag_share']} of queries flagged. Total "
+        f"with >= {t['strong_flag_share']} of queries flagged"
+        + (
+            f" and the victim unsure of them (mean top-1 < {t['strong_max_confidence']}) or "
+            f">= {t['strong_lineage_share']} of them a step from an earlier query"
+            if t.get("strong_patterns")
+            else ""
+        )
+        + ". Total "
         f"{report['timings'].get('total_s', 0):.0f} s.",
         "",
         "## Goals",

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from same_defense.accounts import AccountService, sample_hashes
+from same_defense.accounts import AccountService, Answered, sample_hashes
 from same_defense.core import TIERS, DefenseSettings, defend
+from same_defense.core.lineage import sketches
 
 HONEST_KINDS = (
     "uniform",
@@ -57,6 +58,7 @@ class AnsweredSet:
     served: dict[str, np.ndarray]  # tier -> label served
     evidence: np.ndarray  # [N, 3] the account test's input
     hashes: np.ndarray  # per image
+    sketches: np.ndarray  # per image, uint8 [N, 49] (core.lineage)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -75,6 +77,7 @@ def answer_set(outputs, images: np.ndarray, labels: np.ndarray, settings: Defens
         served={t: d.labels for t, d in decisions.items()},
         evidence=normal.evidence(),
         hashes=np.asarray(sample_hashes(images), dtype=object),
+        sketches=sketches(images),
     )
 
 
@@ -320,4 +323,6 @@ def run_shifted(
 
 def _replay(answered: AnsweredSet, idx: np.ndarray):
     """The ``answer`` callable of :meth:`AccountService.serve` for precomputed answers."""
-    return lambda tier: (None, answered.evidence[idx], list(answered.hashes[idx]))
+    return lambda tier: Answered(
+        None, answered.evidence[idx], list(answered.hashes[idx]), answered.sketches[idx]
+    )
