@@ -117,6 +117,9 @@ def test_lineage_sees_sign_steps_and_not_other_digits_or_faint_ones():
     assert near_repeats(sketches(children), sketches(digits)).mean() > 0.95
     assert near_repeats(sketches(children), sketches(digits[100:])).mean() < 0.1
     assert sketches(np.zeros((1, 3, 32, 32))).tolist() == [[0] * SKETCH_SIZE]  # flat: no range
+    bad = np.full((1, 1, 28, 28), np.nan, np.float32)  # refused by the defense, sketched first
+    with np.errstate(all="raise"):
+        assert sketches(bad).tolist() == [[0] * SKETCH_SIZE]
 
 
 def _flagged(n: int, confidence: float) -> np.ndarray:

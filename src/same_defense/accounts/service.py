@@ -144,16 +144,16 @@ class AccountService:
             near = None
             # Lineage matters only between the alarm and strong evidence: read the kept
             # sketches (and the pool) only then.
-            if sketches is not None and state.wants_lineage(settings):
+            if sketches is not None and state.wants_lineage(now, settings):
                 earlier = np.concatenate([past(), pooled()])
                 near = near_repeats(sketches, earlier, settings.lineage_tolerance)
             new = update_state(state, evidence, is_new, settings, now, near)
             if (
                 sketches is not None
                 and self.lineage_pool is not None
-                and new.wants_lineage(settings)
+                and new.wants_lineage(now, settings)
             ):
-                if not state.wants_lineage(settings):  # the alarm fired in this request
+                if not state.wants_lineage(now, settings):  # the alarm fired in this request
                     to_pool.extend(row.tobytes() for row in past())
                 to_pool.extend(row.tobytes() for row in np.asarray(sketches)[is_new])
             return new

@@ -245,13 +245,19 @@ class AccountState:
             return SUSPECTED
         return REVIEW
 
-    def wants_lineage(self, settings: AccountSettings) -> bool:
-        """Whether the next request's lineage can still matter: alarm fired, not yet strong.
+    def wants_lineage(self, now: float, settings: AccountSettings) -> bool:
+        """Whether the next request's lineage can still matter: in review, not yet strong.
 
         Lineage counts only between the alarm and strong evidence, so the store reads an
-        account's sketches only then (every request still adds to them).
+        account's sketches only then (every request still adds to them). A held account
+        (a drift) is the operator's to decide, and an expired alarm is over: neither looks.
         """
-        return settings.strong_patterns and self.suspected_at_query > 0 and not self.strong_at_query
+        return (
+            settings.strong_patterns
+            and self.is_suspected(now, settings)
+            and not self.held
+            and not self.strong_at_query
+        )
 
     def open_to_links(self, settings: AccountSettings) -> bool:
         """Whether a linked state's alarm applies to this account: young or elevated."""

@@ -70,7 +70,8 @@ def sketches(images: np.ndarray) -> np.ndarray:
         pooled = blocks * np.float32(GRID * GRID / (h * w))
     else:
         pooled = _block_means(_block_means(x, 1, GRID), 2, GRID)
-    flat = np.clip(pooled.reshape(n, -1), 0.0, 1.0)
+    # NaN or Inf pixels: the defense refuses such a request, but the gateway sketches it first
+    flat = np.clip(np.nan_to_num(pooled.reshape(n, -1), nan=0.0, posinf=1.0, neginf=0.0), 0, 1)
     low = flat.min(axis=1, keepdims=True)
     span = flat.max(axis=1, keepdims=True) - low
     scale = np.where(span > 1e-6, 255.0 / np.maximum(span, 1e-6), 0.0)

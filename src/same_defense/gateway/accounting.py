@@ -75,7 +75,9 @@ class PreparedInfer:
 def input_sketches(message: service_pb2.ModelInferRequest, data: bytes, samples: int):
     """The lineage sketches of a request's FP32 images, or None (another type, sizes that do
     not add up: Triton refuses those requests itself)."""
-    if not message.inputs or message.inputs[0].datatype != "FP32" or samples < 1:
+    if not message.raw_input_contents or not message.inputs or samples < 1:
+        return None  # typed contents (not raw bytes) are rare: no sketch, no lineage
+    if message.inputs[0].datatype != "FP32":
         return None
     if len(data) != samples * 4 * int(np.prod(message.inputs[0].shape[1:], dtype=np.int64)):
         return None
