@@ -84,7 +84,13 @@ def _accounts_rows(acc: dict) -> list[list]:
         if r["output"] == "probs" and r["max_accounts"] > 1  # swept over accounts
     ]
     honest = acc["honest"]["overall"]
-    return rows + [["honest accounts suspected", f"{honest['suspected']} / {honest['accounts']}"]]
+    strong = honest.get("strong", honest["suspected"])
+    return rows + [
+        [
+            "honest accounts reviewed / answered as suspected",
+            f"{honest['suspected'] - strong} / {strong} of {honest['accounts']}",
+        ]
+    ]
 
 
 def _bench_rows(bench: dict) -> list[list]:

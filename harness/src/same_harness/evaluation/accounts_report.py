@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..reporting.markdown import cell, table
+from .honest_population import clopper_pearson_upper
 
 GOAL_CLONE = 0.30
 CLOSE_POINTS = 10
@@ -196,13 +197,18 @@ def goals(summary: dict, honest: dict, shifted_by_response: dict) -> list[dict]:
     shifted users under the default response."""
     shifted = shifted_by_response.get("graded", {})
     rows = [g for s in summary["thieves"] for g in _thief_goals(s)]
+    # "Suspected" in the goals of issues 17 and 18 is what their tables measured: answered as
+    # a thief (the response policy, misinformation). The review tier (top-1 labels, correct,
+    # visible to the operator) did not exist then; its counts are shown beside.
     o = honest["overall"]
+    strong = o.get("strong", o["suspected"])
     rows.append(
         {
-            "goal": "honest accounts suspected <= 0.1 %",
-            "measured": f"{o['suspected']} / {o['accounts']} (CP 95 % upper "
-            f"{100 * o['suspected_cp_upper95']:.3f} %)",
-            "met": o["suspected_share"] <= 1e-3,
+            "goal": "honest accounts answered as suspected <= 0.1 %",
+            "measured": f"{strong} / {o['accounts']} (CP 95 % upper "
+            f"{100 * clopper_pearson_upper(strong, o['accounts']):.3f} %; "
+            f"{o['suspected'] - strong} reviewed)",
+            "met": strong <= 1e-3 * o["accounts"],
         }
     )
     lost, first = round(o["accuracy_lost_points"], 3), round(o["first_100_lost_points"], 3)
@@ -214,12 +220,13 @@ def goals(summary: dict, honest: dict, shifted_by_response: dict) -> list[dict]:
     )
     so = shifted_overall(shifted)
     if so["kinds"]:
-        share = so["suspected"] / max(so["accounts"], 1)
         rows.append(
             {
-                "goal": "drifted established customers (victim >= 0.85): suspected <= 0.1 %",
-                "measured": f"{so['suspected']} / {so['accounts']}",
-                "met": share <= 1e-3,
+                "goal": "drifted established customers (victim >= 0.85): answered as suspected "
+                "<= 0.1 %",
+                "measured": f"{so['strong']} / {so['accounts']} "
+                f"({so['suspected'] - so['strong']} reviewed)",
+                "met": so["strong"] <= 1e-3 * so["accounts"],
             }
         )
         rows.append(
