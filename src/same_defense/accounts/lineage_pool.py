@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
-from .store import StoreUnavailable, as_sketches
+from .store import RedisBacked, as_sketches
 
 
 class LineagePool(Protocol):
@@ -54,25 +53,14 @@ class MemoryLineagePool:
             return as_sketches(list(self._rows))
 
 
-class RedisLineagePool:
+class RedisLineagePool(RedisBacked):
     """Every gateway's pool on one Redis: the list ``key`` (hex rows), ``size`` at most."""
 
     def __init__(
         self, url: str, key: str = "same:lineage:pool", size: int = 8192, timeout_s: float = 1.0
     ) -> None:
-        import redis  # only where Redis is used
-
-        self.key, self.size, self.url = key, max(size, 1), url
-        self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
-        )
-
-    def _call(self, fn: Callable):
-        try:
-            return fn()
-        except self._errors as exc:
-            raise StoreUnavailable(f"lineage pool at {self.url} unavailable: {exc}") from None
+        super().__init__(url, "lineage pool", timeout_s)
+        self.key, self.size = key, max(size, 1)
 
     def add(self, rows: list[bytes]) -> None:
         if not rows:

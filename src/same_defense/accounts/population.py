@@ -31,11 +31,10 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .store import StoreUnavailable
+from .store import RedisBacked
 
 
 @dataclass(frozen=True)
@@ -73,24 +72,12 @@ class MemoryAlarmLog:
             return list(self._alarms)
 
 
-class RedisAlarmLog:
+class RedisAlarmLog(RedisBacked):
     """The alarms of every gateway on one Redis, in the sorted set ``key`` (score: time)."""
 
     def __init__(self, url: str, key: str = "same:population:alarms", timeout_s: float = 1.0):
-        import redis  # only where Redis is used
-
+        super().__init__(url, "population alarms", timeout_s)
         self.key = key
-        self.url = url
-        self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
-        )
-
-    def _call(self, fn: Callable):
-        try:
-            return fn()
-        except self._errors as exc:
-            raise StoreUnavailable(f"population alarms at {self.url} unavailable: {exc}") from None
 
     def add(self, alarm: Alarm) -> None:
         member = json.dumps([alarm.account, list(alarm.links), alarm.at])

@@ -32,6 +32,28 @@ class StoreUnavailable(RuntimeError):
     """The state store cannot be reached (Redis down, network partition)."""
 
 
+class RedisBacked:
+    """A Redis client (strings in and out) whose connection errors and timeouts become
+    :class:`StoreUnavailable` naming ``what``: the state store, the population's alarms and
+    the lineage pool all fail the same way."""
+
+    def __init__(self, url: str, what: str, timeout_s: float = 1.0) -> None:
+        import redis  # only where Redis is used
+
+        self.url = url
+        self._what = what
+        self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
+        )
+
+    def _call(self, fn: Callable):
+        try:
+            return fn()
+        except self._errors as exc:
+            raise StoreUnavailable(f"{self._what} at {self.url} unavailable: {exc}") from None
+
+
 def first_occurrences(hashes: list[str]) -> np.ndarray:
     """True for the first occurrence of each hash within one request."""
     seen: set[str] = set()
@@ -127,7 +149,7 @@ class MemoryStore:
         yield from items
 
 
-class RedisStore:
+class RedisStore(RedisBacked):
     """State in Redis: ``<prefix>:{<account>}:state`` (JSON), ``<prefix>:{<account>}:seen``
     (a set of sample hashes) and ``<prefix>:{<account>}:sketch`` (a list of lineage sketches,
     hex), all expiring ``ttl_s`` after the account's last query.
@@ -147,14 +169,10 @@ class RedisStore:
     ) -> None:
         import redis  # only where Redis is used
 
+        super().__init__(url, "account state store", timeout_s)
         self.prefix = prefix
         self.ttl_s = ttl_s
-        self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         self._watch_error = redis.exceptions.WatchError
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
-        )
-        self.url = url
 
     def _keys(self, account: str) -> tuple[str, str]:
         return f"{self.prefix}:{{{account}}}:state", f"{self.prefix}:{{{account}}}:seen"
@@ -164,14 +182,6 @@ class RedisStore:
 
     def _legacy_keys(self, account: str) -> tuple[str, str]:
         return f"{self.prefix}:{account}:state", f"{self.prefix}:{account}:seen"
-
-    def _call(self, fn: Callable):
-        try:
-            return fn()
-        except self._errors as exc:
-            raise StoreUnavailable(
-                f"account state store at {self.url} unavailable: {exc}"
-            ) from None
 
     def get(self, account: str) -> AccountState:
         new, old = self._keys(account)[0], self._legacy_keys(account)[0]

@@ -218,12 +218,16 @@ def goals(summary: dict, honest: dict, shifted_by_response: dict) -> list[dict]:
     rows.append(
         {"goal": "honest: first 100 queries lose <= 1 point", "measured": first, "met": first <= 1}
     )
-    so = shifted_overall(shifted)
-    if so["kinds"]:
+    # Established customers drift under the population monitor; new ones look like thieves
+    # with foreign data from their first query: reviewed (top-1 labels, correct) is the most
+    # the scores can tell, and neither may be misled.
+    for mode, who in (("established", "drifted established"), ("new", "new shifted")):
+        so = shifted_overall(shifted, mode)
+        if not so["kinds"]:
+            continue
         rows.append(
             {
-                "goal": "drifted established customers (victim >= 0.85): answered as suspected "
-                "<= 0.1 %",
+                "goal": f"{who} customers (victim >= 0.85): answered as suspected <= 0.1 %",
                 "measured": f"{so['strong']} / {so['accounts']} "
                 f"({so['suspected'] - so['strong']} reviewed)",
                 "met": so["strong"] <= 1e-3 * so["accounts"],
@@ -231,28 +235,9 @@ def goals(summary: dict, honest: dict, shifted_by_response: dict) -> list[dict]:
         )
         rows.append(
             {
-                "goal": "drifted established customers (victim >= 0.85): accuracy within 1 point",
+                "goal": f"{who} customers (victim >= 0.85): accuracy within 1 point",
                 "measured": round(so["worst_lost"], 3),
                 "met": so["worst_lost"] <= 1.0,
-            }
-        )
-    # New customers with shifted data look like thieves with foreign data from their first
-    # query: reviewed (top-1 labels, correct) is the most the scores can tell; never misled.
-    new = shifted_overall(shifted, "new")
-    if new["kinds"]:
-        rows.append(
-            {
-                "goal": "new shifted customers (victim >= 0.85): answered as suspected <= 0.1 %",
-                "measured": f"{new['strong']} / {new['accounts']} "
-                f"({new['suspected'] - new['strong']} reviewed)",
-                "met": new["strong"] <= 1e-3 * new["accounts"],
-            }
-        )
-        rows.append(
-            {
-                "goal": "new shifted customers (victim >= 0.85): accuracy within 1 point",
-                "measured": round(new["worst_lost"], 3),
-                "met": new["worst_lost"] <= 1.0,
             }
         )
     return rows
