@@ -35,7 +35,7 @@ from ..core.lineage import SKETCH_SIZE, near_repeats
 from .lineage_pool import LineagePool, MemoryLineagePool
 from .links import is_link_state, link_state_name
 from .population import PopulationMonitor
-from .store import AccountStore, MemoryStore, StoreUnavailable
+from .store import AccountStore, MemoryStore, StoreUnavailable, new_rows
 
 FAIL_MODES = ("closed", "open")
 T = TypeVar("T")
@@ -133,14 +133,17 @@ class AccountService:
         sketches: np.ndarray | None,
         now: float,
         pooled: Callable[[], np.ndarray],
+        to_pool: dict[bytes, None],
     ):
+        """One state's update; the sketches it adds to the lineage pool go to ``to_pool``
+        (one request's, account and links together: a row enters the pool once)."""
         before: list[AccountState] = []
-        to_pool: list[bytes] = []
+        mine: list[bytes] = []
         settings = self.settings
 
         def update(state: AccountState, is_new: np.ndarray, past) -> AccountState:
             before.append(state)
-            to_pool.clear()  # a retried transaction starts again
+            mine.clear()  # a retried transaction starts again
             near = None
             # Lineage matters only between the alarm and strong evidence: read the kept
             # sketches (and the pool) only then.
@@ -154,15 +157,13 @@ class AccountService:
                 and new.wants_lineage(now, settings)
             ):
                 if not state.wants_lineage(now, settings):  # the alarm fired in this request
-                    to_pool.extend(row.tobytes() for row in past())
-                to_pool.extend(row.tobytes() for row in np.asarray(sketches)[is_new])
+                    mine.extend(row.tobytes() for row in past())
+                mine.extend(new_rows(sketches, is_new, settings.lineage_pool))
             return new
 
         keep = settings.lineage_window if settings.strong_patterns else 0
         state = self.store.record(name, hashes, update, sketches, keep)
-        if to_pool:
-            assert self.lineage_pool is not None
-            self.lineage_pool.add(to_pool[-settings.lineage_pool :])
+        to_pool.update(dict.fromkeys(mine))
         return before[-1], state
 
     def _pooled(self) -> Callable[[], np.ndarray]:
@@ -200,13 +201,17 @@ class AccountService:
     ) -> tuple[AccountState, list[AccountState]] | None:
         """:meth:`record`, also returning the links' new states (no second read for the tier)."""
         now = self.clock()
-        pooled = self._pooled()
+        pooled, to_pool = self._pooled(), {}
         try:
-            before, state = self._update(account, evidence, hashes, sketches, now, pooled)
+            before, state = self._update(account, evidence, hashes, sketches, now, pooled, to_pool)
             linked = [
-                self._update(link_state_name(link), evidence, hashes, sketches, now, pooled)[1]
+                self._update(
+                    link_state_name(link), evidence, hashes, sketches, now, pooled, to_pool
+                )[1]
                 for link in links
             ]
+            if to_pool and self.lineage_pool is not None:
+                self.lineage_pool.add(list(to_pool)[-self.settings.lineage_pool :])
         except StoreUnavailable as exc:
             self._unavailable(exc)
             return None
