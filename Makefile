@@ -94,11 +94,14 @@ gpu-check: $(STAMP)
 # account-level defense against adaptive thieves (one image per request, 1 to 400 accounts,
 # linked or not, dilution) and its cost to 10,000 honest and shifted customers, about 50 min:
 # reports/accounts.{json,md} + plots; and the shadow recipes' per-query AUROC:
-# reports/recipes.json. EVALUATE_ARGS="--quick" / ACCOUNTS_ARGS="--quick" for smoke runs.
+# reports/recipes.json; and how far a look-alike clone moves with its training run alone
+# (same answers, four seeds, about 8 min): reports/clone_spread.{json,md}.
+# EVALUATE_ARGS="--quick" / ACCOUNTS_ARGS="--quick" for smoke runs.
 evaluate: $(STAMP)
 	$(PY) -m same_harness.evaluation.run $(EVALUATE_ARGS)
 	$(PY) -m same_harness.evaluation.accounts $(ACCOUNTS_ARGS)
 	$(PY) -m same_harness.evaluation.recipes
+	$(PY) -m same_harness.evaluation.clone_spread
 
 # Two Tritons and two gateways behind nginx, distributed Locust, faults: reports/cluster.json.
 # Build if needed; on loopback: Redis, 2 Tritons, 2 gateway processes, nginx in front of each

@@ -13,6 +13,7 @@ from same_harness.data.queries import make_query_set
 from same_harness.evaluation.account_population import AccountOracle, Dilution, account_service
 from same_harness.evaluation.accounts import AccountEvalConfig, case_key, run_thieves
 from same_harness.evaluation.accounts import main as accounts_main
+from same_harness.evaluation.accounts_report import summarise, thief_goals
 from same_harness.evaluation.honest_population import (
     FEW_COPIES,
     HONEST_KINDS,
@@ -218,10 +219,97 @@ def test_quick_cli_writes_the_report(tiny_repository, tmp_path):
     cases = {(r["attack"], r["accounts"], r["ratio"]) for r in report["thieves"]}
     assert {("knockoff-digits8x8", 0, 0), ("knockoff-digits8x8", 1, 0)} <= cases
     assert ("knockoff-digits8x8", 1, 2) in cases  # a diluting thief
+    own = {(r["attack"], r["seed"], r["pool"]) for r in report["own_data"]}
+    # the pool alone, the 8x8 set's own labels, and both together for the diluting thief
+    assert {(None, 0, 50), ("knockoff-digits8x8", 0, 0), ("knockoff-digits8x8", 0, 50)} <= own
+    names = [g["goal"] for g in report["goals"]]
+    assert any("own labels + 5 points" in n for n in names)
+    assert any("own data + 5 points" in n for n in names)
     assert set(report["shifted"]) == {"graded", "review-only", "legacy"}
     assert "blur@1" in report["shifted"]["graded"]
     for g in report["goals"]:
         assert {"goal", "measured", "met"} <= set(g)
-    assert (out / "accounts.md").read_text().startswith("# Account-level SAME")
+    md = (out / "accounts.md").read_text()
+    assert md.startswith("# Account-level SAME") and "own labels (no query)" in md
     assert (out / "accounts_clone_vs_accounts.png").stat().st_size > 0
     assert (out / "accounts_clone_vs_dilution.png").stat().st_size > 0
+
+
+def test_summary_judges_the_service_by_what_it_adds_to_the_thiefs_own_labels():
+    """A thief whose source labels itself is judged by clone - own-labels clone, per seed."""
+    base = {
+        "attack": "knockoff-fonts",
+        "output": "probs",
+        "links": "unrelated",
+        "response": "graded",
+    }
+    plain = {"request_size": 1, "ratio": 0, "pool": 0, "misinformed_share": 0.0}
+    records = [
+        {**base, **plain, "accounts": 0, "seed": 0, "clone_accuracy": 0.62},
+        {
+            **base,
+            **plain,
+            "accounts": 1,
+            "seed": 0,
+            "clone_accuracy": 0.61,
+            "detection_delay": None,
+        },
+        {
+            **base,
+            **plain,
+            "accounts": 1,
+            "seed": 1,
+            "clone_accuracy": 0.70,
+            "detection_delay": None,
+        },
+        {
+            **base,
+            "request_size": 1,
+            "accounts": 1,
+            "seed": 0,
+            "pool": 50,
+            "ratio": 2,
+            "clone_accuracy": 0.95,
+            "misinformed_share": 0.0,
+            "detection_delay": None,
+        },
+    ]
+    own = [
+        {"attack": "knockoff-fonts", "seed": 0, "pool": 0, "clone_accuracy": 0.60},
+        {"attack": "knockoff-fonts", "seed": 1, "pool": 0, "clone_accuracy": 0.62},
+        {"attack": None, "seed": 0, "pool": 50, "clone_accuracy": 0.87},
+        {"attack": "knockoff-fonts", "seed": 0, "pool": 50, "clone_accuracy": 0.91},
+    ]
+    summary = summarise(records, own)
+    row = summary["thieves"][0]
+    assert row["one_account_gain_worst"] == pytest.approx(0.08)  # seed 1: 0.70 - 0.62
+    assert row["own_labels"] == pytest.approx(0.61)
+    (d,) = row["dilution"]
+    assert (d["pool_only"], d["own_data"]) == (0.87, 0.91)
+    judged = {g["goal"]: g for g in thief_goals(row)}
+    assert judged[
+        "one account, 1/request: clone <= own labels + 5 points (knockoff-fonts, probs; worst seed)"
+    ] == {
+        "goal": "one account, 1/request: clone <= own labels + 5 points "
+        "(knockoff-fonts, probs; worst seed)",
+        "measured": 8.0,
+        "met": False,
+    }
+    assert judged["dilution P50 R2: clone <= pool-only + 5 points (knockoff-fonts, probs)"][
+        "measured"
+    ] == pytest.approx(8.0)
+    assert judged["dilution P50 R2: clone <= own data + 5 points (knockoff-fonts, probs)"]["met"]
+
+
+def test_clone_spread_trains_each_target_once_per_seed(tiny_repository, tmp_path):
+    from same_harness.evaluation.clone_spread import main as spread_main
+
+    out = tmp_path / "spread"
+    argv = ["--repository", str(tiny_repository), "--out", str(out), "--budget", "128"]
+    assert spread_main([*argv, "--sources", "digits8x8", "--seeds", "0", "1"]) == 0
+    report = json.loads((out / "clone_spread.json").read_text())
+    assert [r["target"] for r in report["rows"]] == ["probs", "labels", "own"]
+    for r in report["rows"]:
+        assert len(r["accuracies"]) == 2 and r["min"] <= r["mean"] <= r["max"] <= 1
+        assert 0 < r["victim_accuracy_on_source"] <= 1
+    assert "| digits8x8 |" in (out / "clone_spread.md").read_text()

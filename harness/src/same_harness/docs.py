@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .evaluation import accounts_report
+from .evaluation import accounts_report, clone_spread
 from .evaluation import report as evaluation_report
 from .reporting import cost
 from .reporting.markdown import cell, table
@@ -29,6 +29,7 @@ SOURCES = {
     "evaluation": "make evaluate",
     "accounts": "make evaluate (python -m same_harness.evaluation.accounts)",
     "recipes": "make evaluate (python -m same_harness.evaluation.recipes)",
+    "clone_spread": "make evaluate (python -m same_harness.evaluation.clone_spread)",
     "bench": "make bench",
     "cluster": "make cluster",
     "variants": "make variants",
@@ -70,7 +71,8 @@ def _accounts_rows(acc: dict) -> list[list]:
     rows = [
         [
             f"clone accuracy, one account, 1 image/request, {r['attack']} ({r['output']})",
-            f"{cell(r['undefended'])} -> {cell(r['one_account_mean'])}",
+            f"{cell(r['undefended'])} -> {cell(r['one_account_mean'])}"
+            + (f" (own labels {cell(r['own_labels'])})" if r.get("own_labels") else ""),
         ]
         for r in acc["summary"]["thieves"]
         if r["output"] == "probs" and r["one_account_mean"] is not None
@@ -205,6 +207,10 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "evaluation": ("Per-query evaluation", _evaluation_section),
     "accounts": ("Account-level evaluation", _accounts_section),
     "recipes": ("Shadow recipes: per-query AUROC", _recipes_section),
+    "clone_spread": (
+        "Clone accuracy: the spread of the training run",
+        lambda r: clone_spread.markdown_lines(r)[2:],
+    ),
     "bench": ("Serving cost", cost.bench_lines),
     "variants": (
         "Reconstructor candidates: CPU cost against per-query AUROC",

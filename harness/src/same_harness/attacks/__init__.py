@@ -16,12 +16,19 @@ from .clone import (
 )
 from .dfme import Dfme, Generator
 from .jbda import Jbda, jacobian_step
-from .knockoff import TRANSFER_SETS, KnockoffNets, transfer_set, transfer_set_available
+from .knockoff import (
+    LABELLED_SOURCES,
+    TRANSFER_SETS,
+    KnockoffNets,
+    transfer_set,
+    transfer_set_available,
+)
 from .noise import UniformNoise
 from .oracle import Answer, BudgetExceeded, GrpcOracle, InProcessOracle, LabelOnly, Oracle
 
 __all__ = [
     "OUTPUT_TYPES",
+    "LABELLED_SOURCES",
     "TRANSFER_SETS",
     "Answer",
     "Attack",

@@ -37,6 +37,10 @@ from .oracle import Answer, Oracle
 TRANSFER_SETS = ("digits8x8", "natural", "cifar100", "fonts", "strokes", "fonts-blur")
 # Transfer sets read from local files: the folder under ``root`` that must exist.
 LOCAL_TRANSFER_SETS = {"cifar100": "cifar-100-python"}
+# Sets whose groups are the digit each image shows: the thief knows those labels without
+# asking (it rendered the digit, or the set ships with them). CIFAR-100's labels are not
+# the victim's classes; photo crops only have clusters.
+LABELLED_SOURCES = ("digits8x8", "fonts", "strokes", "fonts-blur")
 
 
 def transfer_set_available(source: str, root: str | Path | None) -> bool:

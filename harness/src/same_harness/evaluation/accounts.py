@@ -9,10 +9,12 @@ Thieves (:class:`ThiefCase`): KnockoffNets on look-alike digits (rendered from f
 one account (three seeds), over 10 to 400 accounts that are unrelated, on one network or in
 one key group, and diluting each foreign query with R perturbed copies of P real images it
 holds (``pool``, a split no model saw). Each runs once undefended (policy ``monitor``, no
-account layer): the reference. The **pool-only clone** (the thief's real images with their
-true labels, no query) is the floor a diluting thief is judged against; the **cost to steal**
-is the number of unrelated accounts a thief needs to keep its clone within 10 points of the
-undefended one.
+account layer): the reference. The **own-data clones** (:func:`own_data_clone`) are what the
+thief has without a query: the pool's real images and, where its source comes labelled (the
+digits it rendered, the 8x8 set, JBDA's seeds), those with their labels. The **pool-only
+clone** is the floor of the issue's dilution goal; the service is also judged by what its
+answers add to the thief's own labels. The **cost to steal** is the number of unrelated
+accounts a thief needs to keep its clone within 10 points of the undefended one.
 
 Honest users (:mod:`.honest_population`): 10,000 accounts of every behaviour, and shifted
 users (blur, pens, contrast, rotation, noise, JPEG, scanners) at several strengths.
@@ -137,7 +139,7 @@ class AccountEvalConfig:
                     for k in (1, 50)
                 ]
         for a in self.extra_thieves:
-            cases += [ThiefCase(a, "probs", 0, seed=s0), ThiefCase(a, "probs", 1, seed=s0)]
+            cases += [ThiefCase(a, o, k, seed=s0) for o in self.outputs for k in (0, 1)]
         return sorted(cases, key=lambda c: -c.cost)
 
 
@@ -152,8 +154,9 @@ def pipeline_for(repository: str):
     return _PIPELINES[repository]
 
 
-def thief_pool(ctx, size: int, seed: int) -> np.ndarray:
-    """``size`` real images of the pool split (class-balanced), the thief's own data."""
+def thief_pool(ctx, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` real images of the pool split (class-balanced) and their labels: the
+    diluting thief's own data."""
     pool = ctx.splits.pool
     if pool is None or len(pool) == 0:
         raise ValueError("this repository has no pool split: rebuild it (same-build)")
@@ -165,7 +168,28 @@ def thief_pool(ctx, size: int, seed: int) -> np.ndarray:
             for c in range(ctx.num_classes)
         ]
     )
-    return pool.images[np.sort(index)[:size]]
+    index = np.sort(index)[:size]
+    return pool.images[index], pool.labels[index]
+
+
+def holds_own_labels(attack: str) -> bool:
+    """Whether the thief of ``attack`` holds data whose labels it knows without asking: the
+    digits it rendered or drew, the labelled 8x8 set, JBDA's seed digits (not photo crops,
+    noise or generators)."""
+    from ..attacks import LABELLED_SOURCES
+
+    return attack == "jbda" or attack.removeprefix("knockoff-") in LABELLED_SOURCES
+
+
+def own_labelled_data(ctx, attack: str, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """What the thief of ``attack`` holds with those labels (None: :func:`holds_own_labels`
+    is False)."""
+    if not holds_own_labels(attack):
+        return None
+    if attack == "jbda":
+        return ctx.jbda_seed_set()
+    thief = make_attack(attack, ctx, seed=seed)  # its whole transfer set is queried
+    return thief.pool, thief.groups
 
 
 def run_one(config: AccountEvalConfig, case: ThiefCase) -> dict:
@@ -191,7 +215,7 @@ def run_one(config: AccountEvalConfig, case: ThiefCase) -> dict:
         oracle = InProcessOracle(monitor, config.budget)
     else:
         dilution = (
-            Dilution(thief_pool(ctx, case.pool, case.seed), case.ratio, case.seed)
+            Dilution(thief_pool(ctx, case.pool, case.seed)[0], case.ratio, case.seed)
             if case.ratio
             else None
         )
@@ -222,37 +246,78 @@ def run_one(config: AccountEvalConfig, case: ThiefCase) -> dict:
     return record | {"time_s": round(time.perf_counter() - start, 1)}
 
 
-def pool_only_clones(config: AccountEvalConfig) -> dict[str, dict]:
-    """The floor of a diluting thief: its real images (and the same perturbed copies it would
-    send) with their true labels, no query at all."""
+def own_data_clone(config: AccountEvalConfig, attack: str | None, seed: int, pool: int) -> dict:
+    """The clone a thief trains on its own data with the labels it knows, no query at all:
+    ``pool`` real images (as the perturbed copies a diluting thief sends, two per foreign
+    query) and, unless ``attack`` is None, the labelled data of that attack. What the
+    service's answers add is judged against it: the service cannot take that away."""
     from ..attacks import CloneTrainer
     from ..attacks.oracle import Answer
     from ..data.shifts import photo_copies
 
     ctx = context(config.eval_config())
-    out = {}
-    for p in sorted({p for p, _ in config.dilutions}):
-        pool = ctx.splits.pool
-        rng = np.random.default_rng(config.seeds[0])
-        per_class = -(-p // ctx.num_classes)
-        index = np.sort(
-            np.concatenate(
-                [
-                    rng.permutation(np.flatnonzero(pool.labels == c))[:per_class]
-                    for c in range(ctx.num_classes)
-                ]
-            )
-        )[:p]
-        copies = max(1, config.budget * 2 // p)
-        images = photo_copies(pool.images[index], copies, config.seeds[0])
-        labels = np.repeat(pool.labels[index], copies)
-        onehot = np.eye(ctx.num_classes, dtype=np.float32)[labels]
-        trainer = CloneTrainer(
-            ctx.shape, ctx.num_classes, clone_architecture(ctx.manifest), config.clone
-        )
-        clone = trainer.fit_answers(images, Answer(onehot, labels), "labels")
-        out[str(p)] = ctx.clone_metrics(clone) | {"images": int(len(images))}
-    return out
+    images, labels = [], []
+    if pool:
+        real, real_labels = thief_pool(ctx, pool, seed)
+        copies = max(1, config.budget * 2 // pool)
+        images.append(photo_copies(real, copies, seed))
+        labels.append(np.repeat(real_labels, copies))
+    held = own_labelled_data(ctx, attack, seed) if attack else None
+    if held is not None:
+        images.append(held[0])
+        labels.append(held[1])
+    if not images:
+        raise ValueError(f"{attack}: holds no labelled data")
+    x, y = np.concatenate(images), np.concatenate(labels)
+    trainer = CloneTrainer(
+        ctx.shape,
+        ctx.num_classes,
+        clone_architecture(ctx.manifest),
+        replace(config.clone, seed=seed),
+    )
+    onehot = np.eye(ctx.num_classes, dtype=np.float32)[y]
+    # A small set (JBDA's 150 seeds) gets as many optimiser steps as a full query set would.
+    full_steps = config.clone.epochs * -(-config.budget // config.clone.batch_size)
+    clone = trainer.fit_answers(x, Answer(onehot, y), "labels", min_steps=full_steps)
+    return {"attack": attack, "seed": seed, "pool": pool, "images": int(len(x))} | (
+        ctx.clone_metrics(clone)
+    )
+
+
+def own_data_jobs(config: AccountEvalConfig) -> list[tuple[str | None, int, int]]:
+    """``(attack, seed, pool)`` of every own-data clone the report compares against: the
+    pool alone per P (the pool-only floor), each labelled thief per seed it runs, and each
+    diluting thief's pool with its labelled data."""
+    s0 = config.seeds[0]
+    pools = sorted({p for p, _ in config.dilutions})
+    jobs: list[tuple[str | None, int, int]] = [(None, s0, p) for p in pools]
+    for a in (*config.attacks, *config.extra_thieves):
+        if not holds_own_labels(a):
+            continue
+        seeds = config.seeds if a in config.attacks else (s0,)
+        jobs += [(a, s, 0) for s in seeds]
+        if a.startswith("knockoff") and a in config.attacks:
+            jobs += [(a, s0, p) for p in pools]
+    return jobs
+
+
+def own_data_clones(config: AccountEvalConfig, done: list[dict] | None = None) -> list[dict]:
+    """Every own-data clone of :func:`own_data_jobs` not among ``done`` (an earlier report's)."""
+    done = done or []
+    known = {(r["attack"], r["seed"], r["pool"]) for r in done}
+    jobs = [j for j in own_data_jobs(config) if j not in known]
+    return done + in_workers(config, own_data_clone, jobs, describe_own)
+
+
+def describe_own(r: dict) -> str:
+    held = r["attack"] or "pool only"
+    pool = f", pool P{r['pool']}" if r["pool"] else ""
+    return f"[own data] {held}{pool} seed {r['seed']}: clone acc {r['clone_accuracy']:.3f}"
+
+
+def pool_only_floors(own: list[dict]) -> dict[str, dict]:
+    """The pool-only clone per P, as reports before the own-data clones stored it."""
+    return {str(r["pool"]): r for r in own if r["attack"] is None and r["pool"]}
 
 
 def describe(r: dict) -> str:
@@ -281,20 +346,22 @@ def case_key(record: dict) -> tuple:
     return tuple(record.get(name, default) for name, default in defaults.items())
 
 
-def run_thieves(config: AccountEvalConfig, done: list[dict] | None = None) -> list[dict]:
-    """Every case not among ``done`` (earlier records, kept as they are), in
-    ``config.workers`` spawned processes (one thread each) or in this one."""
-    done = done or []
-    known = {case_key(r) for r in done}
-    cases = [c for c in config.cases() if case_key(asdict(c)) not in known]
-    records = list(done)
-    if not cases:
-        return records
+def in_workers(config: AccountEvalConfig, job, args: list, describe_result=None) -> list:
+    """``job(config, *a)`` for every ``a`` in ``args``, in ``config.workers`` spawned processes
+    (one thread each) or in this one; results in the order they finish, each logged."""
+    results: list = []
+    if not args:
+        return results
+
+    def finished(result) -> None:
+        results.append(result)
+        what = describe_result(result) if describe_result else repr(result)
+        log.info("%s (%d/%d)", what, len(results), len(args))
+
     if config.workers <= 1:
-        for case in cases:
-            records.append(run_one(config, case))
-            log.info("%s (%d/%d)", describe(records[-1]), len(records) - len(done), len(cases))
-        return records
+        for a in args:
+            finished(job(config, *a))
+        return results
     import multiprocessing as mp
 
     from .matrix import exit_with_parent
@@ -305,10 +372,17 @@ def run_thieves(config: AccountEvalConfig, done: list[dict] | None = None) -> li
         initializer=exit_with_parent,
         initargs=(os.getpid(),),
     ) as pool:
-        for future in as_completed([pool.submit(run_one, config, c) for c in cases]):
-            records.append(future.result())
-            log.info("%s (%d/%d)", describe(records[-1]), len(records) - len(done), len(cases))
-    return records
+        for future in as_completed([pool.submit(job, config, *a) for a in args]):
+            finished(future.result())
+    return results
+
+
+def run_thieves(config: AccountEvalConfig, done: list[dict] | None = None) -> list[dict]:
+    """Every case not among ``done`` (earlier records, kept as they are)."""
+    done = done or []
+    known = {case_key(r) for r in done}
+    cases = [(c,) for c in config.cases() if case_key(asdict(c)) not in known]
+    return list(done) + in_workers(config, run_one, cases, describe)
 
 
 def honest_sets(ctx, settings, config: AccountEvalConfig) -> tuple[dict, dict]:
@@ -404,8 +478,10 @@ def evaluate(config: AccountEvalConfig) -> dict:
         ),
     )
     timings["thieves_s"] = round(time.perf_counter() - t, 1)
-    floors = earlier["pool_only"] if earlier else pool_only_clones(config)
-    summary = summarise(records, floors)
+    t = time.perf_counter()
+    own = own_data_clones(config, earlier.get("own_data") if earlier else None)
+    timings["own_data_s"] = round(time.perf_counter() - t, 1)
+    summary = summarise(records, own)
     report = {
         "schema_version": 2,
         "settings": {k: v for k, v in asdict(config).items() if k != "clone"}
@@ -421,7 +497,8 @@ def evaluate(config: AccountEvalConfig) -> dict:
         "honest": honest,
         "shifted": shifted_rows,
         "thieves": records,
-        "pool_only": floors,
+        "own_data": own,
+        "pool_only": pool_only_floors(own),
         "summary": summary,
         "goals": goals(summary, honest, shifted_rows),
         "timings": timings,

@@ -65,9 +65,15 @@ def compare_responses(records: list[dict]) -> list[dict]:
     return rows
 
 
-def summarise(records: list[dict], floors: dict[str, dict]) -> dict:
-    """Per thief: undefended, one account over seeds, the account curves, dilution, cost
-    (default response); and the responses compared."""
+def own_floors(own: list[dict]) -> dict[tuple, float]:
+    """Own-data clone accuracy by ``(attack, seed, pool)``; the pool alone is attack None."""
+    return {(r["attack"], r["seed"], r["pool"]): r["clone_accuracy"] for r in own}
+
+
+def summarise(records: list[dict], own: list[dict]) -> dict:
+    """Per thief: undefended, one account over seeds, what its own data buy it, the account
+    curves, dilution, cost (default response); and the responses compared."""
+    floors = own_floors(own)
     records = [{"spread": "round-robin", **r} for r in records]  # reports before the field
     compared = compare_responses([r for r in records if r["spread"] == "round-robin"])
     records = [r for r in records if r.get("response", "graded") == "graded"]
@@ -96,7 +102,8 @@ def summarise(records: list[dict], floors: dict[str, dict]) -> dict:
                 "pool": r["pool"],
                 "ratio": r["ratio"],
                 "clone_accuracy": r["clone_accuracy"],
-                "pool_only": floors.get(str(r["pool"]), {}).get("clone_accuracy"),
+                "pool_only": floors.get((None, r["seed"], r["pool"])),
+                "own_data": floors.get((a, r["seed"], r["pool"])),
                 "misinformed_share": r["misinformed_share"],
                 "detection_delay": r["detection_delay"],
             }
@@ -104,6 +111,13 @@ def summarise(records: list[dict], floors: dict[str, dict]) -> dict:
             if (r["attack"], r["output"]) == (a, o) and r["ratio"]
         ]
         undefended = _mean(und)
+        # What the service's answers add to the clone the thief has without asking.
+        gains = [
+            r["clone_accuracy"] - floors[(a, r["seed"], 0)]
+            for r in one
+            if (a, r["seed"], 0) in floors
+        ]
+        own_labels = [floors[(a, r["seed"], 0)] for r in one if (a, r["seed"], 0) in floors]
         # The thief picks the cheaper way to spread its requests.
         costs = [
             cost_to_steal(curves[m], undefended) for m in ("unrelated", "shuffled") if m in curves
@@ -118,6 +132,8 @@ def summarise(records: list[dict], floors: dict[str, dict]) -> dict:
                 "one_account_worst": max((r["clone_accuracy"] for r in one), default=None),
                 "one_account_delays": [r["detection_delay"] for r in one],
                 "one_account_misinformed": _mean([r["misinformed_share"] for r in one]),
+                "own_labels": _mean(own_labels),
+                "one_account_gain_worst": max(gains, default=None),
                 "batch8": batch8[0]["clone_accuracy"] if batch8 else None,
                 "curves": curves,
                 "cost_to_steal": min(found) if found else None,
@@ -128,7 +144,7 @@ def summarise(records: list[dict], floors: dict[str, dict]) -> dict:
     return {"thieves": rows, "responses": compared}
 
 
-def _thief_goals(s: dict) -> list[dict]:
+def thief_goals(s: dict) -> list[dict]:
     name = f"{s['attack']}, {s['output']}"
     rows = []
     if s["one_account_worst"] is not None:
@@ -137,6 +153,16 @@ def _thief_goals(s: dict) -> list[dict]:
                 "goal": f"one account, 1/request: clone <= {GOAL_CLONE} ({name}; worst seed)",
                 "measured": round(s["one_account_worst"], 3),
                 "met": s["one_account_worst"] <= GOAL_CLONE,
+            }
+        )
+    if s.get("one_account_gain_worst") is not None:
+        gain = round(100 * s["one_account_gain_worst"], 1)
+        rows.append(
+            {
+                "goal": f"one account, 1/request: clone <= own labels + {DILUTION_POINTS} points "
+                f"({name}; worst seed)",
+                "measured": gain,
+                "met": gain <= DILUTION_POINTS,
             }
         )
     for mode in ("one-network", "one-group"):
@@ -172,6 +198,16 @@ def _thief_goals(s: dict) -> list[dict]:
                     "met": above <= DILUTION_POINTS,
                 }
             )
+        if d["ratio"] <= 2 and d.get("own_data") is not None:
+            above = round(100 * (d["clone_accuracy"] - d["own_data"]), 1)
+            rows.append(
+                {
+                    "goal": f"dilution P{d['pool']} R{d['ratio']}: clone <= own data + "
+                    f"{DILUTION_POINTS} points ({name})",
+                    "measured": above,
+                    "met": above <= DILUTION_POINTS,
+                }
+            )
     return rows
 
 
@@ -196,7 +232,7 @@ def goals(summary: dict, honest: dict, shifted_by_response: dict) -> list[dict]:
     """The targets of issues 17 and 18 against what was measured (reported as is); the
     shifted users under the default response."""
     shifted = shifted_by_response.get("graded", {})
-    rows = [g for s in summary["thieves"] for g in _thief_goals(s)]
+    rows = [g for s in summary["thieves"] for g in thief_goals(s)]
     # "Suspected" in the goals of issues 17 and 18 is what their tables measured: answered as
     # a thief (the response policy, misinformation). The review tier (top-1 labels, correct,
     # visible to the operator) did not exist then; its counts are shown beside.
@@ -287,10 +323,12 @@ def write_plots(report: dict, out: Path) -> None:
             )
             if d and d[0]["pool_only"] is not None:
                 ax.axhline(d[0]["pool_only"], color=f"C{i}", ls=":", lw=0.8)
+            if d and d[0].get("own_data") is not None:
+                ax.axhline(d[0]["own_data"], color=f"C{i}", ls="--", lw=0.8)
     ax.set(
         xlabel="copies of real images per foreign query (R)",
         ylabel="clone accuracy",
-        title="dilution, one account (dotted: pool-only clone)",
+        title="dilution, one account (dotted: pool-only clone; dashed: own data)",
         ylim=(0, 1),
     )
     ax.grid(alpha=0.3)
@@ -368,6 +406,7 @@ def _thief_lines(summary: dict) -> list[str]:
                 s["attack"],
                 s["output"],
                 cell(s["undefended"]),
+                cell(s.get("own_labels")),
                 cell(s["one_account_mean"]),
                 cell(s["one_account_worst"]),
                 ", ".join(cell(d) for d in s["one_account_delays"]),
@@ -378,7 +417,8 @@ def _thief_lines(summary: dict) -> list[str]:
             ]
         )
     return table(
-        "thief|output|undefended|1 account (mean)|worst seed|queries to suspicion|8/request|"
+        "thief|output|undefended|own labels (no query)|1 account (mean)|worst seed|queries to "
+        "suspicion|8/request|"
         "unrelated accounts k: clone|linked k: clone|cost to steal (accounts)".split("|"),
         rows,
     )
@@ -434,10 +474,18 @@ def markdown_lines(report: dict) -> list[str]:
         "",
     ]
     out += ["## Thieves", ""] + _thief_lines(report["summary"])
+    out += [
+        "*Own labels*: the clone the thief trains on the data it holds with the labels it knows "
+        "without asking (the digit it rendered or drew, the labelled 8x8 set, JBDA's seed "
+        "digits), no query at all; the service cannot take that away, only what its answers "
+        "add. *Own data* in the dilution table: the pool's copies and those labelled data "
+        "together.",
+        "",
+    ]
     out += ["## Dilution (one account, 1 per request)", ""]
     out += table(
-        "thief|output|pool P|copies R|clone acc|pool-only clone|misinformed|queries to "
-        "suspicion".split("|"),
+        "thief|output|pool P|copies R|clone acc|pool-only clone|own data clone|misinformed|"
+        "queries to suspicion".split("|"),
         [
             [
                 s["attack"],
@@ -446,6 +494,7 @@ def markdown_lines(report: dict) -> list[str]:
                 d["ratio"],
                 cell(d["clone_accuracy"]),
                 cell(d["pool_only"]),
+                cell(d.get("own_data")),
                 cell(d["misinformed_share"]),
                 cell(d["detection_delay"]),
             ]

@@ -118,12 +118,18 @@ class Context:
     def jbda_seeds(self) -> np.ndarray:
         """150 labelled-class-balanced images from the calibration split: in-distribution data
         the thief holds, disjoint from the victim's training and test data."""
+        return self.jbda_seed_set()[0]
+
+    def jbda_seed_set(self) -> tuple[np.ndarray, np.ndarray]:
+        """The JBDA seeds and their labels (the thief holds both)."""
         cal = self.splits.calibration
         per_class = max(1, JBDA_SEEDS // self.num_classes)
-        index = np.concatenate(
-            [np.flatnonzero(cal.labels == c)[:per_class] for c in range(self.num_classes)]
+        index = np.sort(
+            np.concatenate(
+                [np.flatnonzero(cal.labels == c)[:per_class] for c in range(self.num_classes)]
+            )
         )
-        return cal.images[np.sort(index)]
+        return cal.images[index], cal.labels[index]
 
 
 _CACHE: dict[EvalConfig, Context] = {}
