@@ -313,3 +313,16 @@ def test_clone_spread_trains_each_target_once_per_seed(tiny_repository, tmp_path
         assert len(r["accuracies"]) == 2 and r["min"] <= r["mean"] <= r["max"] <= 1
         assert 0 < r["victim_accuracy_on_source"] <= 1
     assert "| digits8x8 |" in (out / "clone_spread.md").read_text()
+
+
+def test_the_unlabelled_thief_photographs_the_pool_up_to_its_budget(tiny_repository):
+    """Real digits without labels: its queries are copies of the pool split, and it holds no
+    labels of its own, so what it gets is all the service's."""
+    from same_harness.evaluation.accounts import holds_own_labels
+    from same_harness.evaluation.setup import EvalConfig, context, make_attack
+
+    ctx = context(EvalConfig(repository=str(tiny_repository), budget=96, grpc_check=0))
+    thief = make_attack("knockoff-unlabelled", ctx)
+    assert len(thief.pool) >= 96 and thief.pool.shape[1:] == ctx.splits.pool.images.shape[1:]
+    assert len(thief.pool) % len(ctx.splits.pool) == 0  # whole photo sets of every real digit
+    assert not holds_own_labels("knockoff-unlabelled") and holds_own_labels("knockoff-fonts")

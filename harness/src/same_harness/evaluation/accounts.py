@@ -37,7 +37,12 @@ from ..attacks import OUTPUT_TYPES, CloneConfig, clone_architecture
 from .setup import EvalConfig, context, make_attack
 
 GOAL_ATTACKS = ("knockoff-fonts", "knockoff-digits8x8", "jbda")
-EXTRA_THIEVES = ("knockoff-strokes", "knockoff-natural", "knockoff-fonts-blur")
+EXTRA_THIEVES = (
+    "knockoff-strokes",
+    "knockoff-natural",
+    "knockoff-fonts-blur",
+    "knockoff-unlabelled",
+)
 ACCOUNT_COUNTS = (1, 10, 50, 200, 400)
 LINKED_COUNTS = (10, 50, 400)  # one network / one group: fewer points, the claim is "every k"
 DILUTIONS = ((200, 1), (200, 2), (200, 4), (50, 2))  # (pool P, copies R per foreign query)

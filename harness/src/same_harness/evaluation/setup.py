@@ -27,6 +27,7 @@ EXTRA_ATTACKS = (
     "knockoff-fonts",
     "knockoff-strokes",
     "knockoff-fonts-blur",
+    "knockoff-unlabelled",
 )
 INDIST = "indist"  # the adaptive attacker with in-distribution data (its own section)
 CURVE_DEFENSES = ("none", "same-misinformation")
@@ -149,6 +150,15 @@ def make_attack(name: str, ctx: Context, seed: int | None = None) -> Attack:
     from ..attacks import Dfme, Jbda, KnockoffNets, UniformNoise, transfer_set
 
     cfg = ctx.config if seed is None else replace(ctx.config, seed=seed)
+    if name == "knockoff-unlabelled":
+        # Real digits of the victim's kind without their labels: the pool split (no model saw
+        # it), each photographed again until the budget is met. The thief the service's
+        # answers help most; SAME's score does not see it by design.
+        from ..data.shifts import photo_copies
+
+        real = ctx.splits.pool.images
+        pool = photo_copies(real, -(-cfg.budget // max(len(real), 1)), seed=cfg.seed + 1)
+        return KnockoffNets(pool, None, "random", seed=cfg.seed, checkpoints=cfg.checkpoints())
     if name.startswith("knockoff-"):
         parts = name.split("-")
         sampling = "adaptive" if parts[-1] == "adaptive" else "random"
