@@ -11,7 +11,9 @@ from .honest_population import clopper_pearson_upper
 
 GOAL_CLONE = 0.30
 CLOSE_POINTS = 10
-DILUTION_POINTS = 5
+# How far above what the thief has without the service (pool-only, own labels, own data) its
+# clone may end: the dilution goal, used for every such floor.
+FLOOR_POINTS = 5
 SHIFT_VICTIM_FLOOR = 0.85
 
 
@@ -112,12 +114,11 @@ def summarise(records: list[dict], own: list[dict]) -> dict:
         ]
         undefended = _mean(und)
         # What the service's answers add to the clone the thief has without asking.
-        gains = [
-            r["clone_accuracy"] - floors[(a, r["seed"], 0)]
+        paired = [
+            (r["clone_accuracy"], floors[(a, r["seed"], 0)])
             for r in one
             if (a, r["seed"], 0) in floors
         ]
-        own_labels = [floors[(a, r["seed"], 0)] for r in one if (a, r["seed"], 0) in floors]
         # The thief picks the cheaper way to spread its requests.
         costs = [
             cost_to_steal(curves[m], undefended) for m in ("unrelated", "shuffled") if m in curves
@@ -132,8 +133,8 @@ def summarise(records: list[dict], own: list[dict]) -> dict:
                 "one_account_worst": max((r["clone_accuracy"] for r in one), default=None),
                 "one_account_delays": [r["detection_delay"] for r in one],
                 "one_account_misinformed": _mean([r["misinformed_share"] for r in one]),
-                "own_labels": _mean(own_labels),
-                "one_account_gain_worst": max(gains, default=None),
+                "own_labels": _mean([own for _, own in paired]),
+                "one_account_gain_worst": max((c - own for c, own in paired), default=None),
                 "batch8": batch8[0]["clone_accuracy"] if batch8 else None,
                 "curves": curves,
                 "cost_to_steal": min(found) if found else None,
@@ -159,10 +160,10 @@ def thief_goals(s: dict) -> list[dict]:
         gain = round(100 * s["one_account_gain_worst"], 1)
         rows.append(
             {
-                "goal": f"one account, 1/request: clone <= own labels + {DILUTION_POINTS} points "
+                "goal": f"one account, 1/request: clone <= own labels + {FLOOR_POINTS} points "
                 f"({name}; worst seed)",
                 "measured": gain,
-                "met": gain <= DILUTION_POINTS,
+                "met": gain <= FLOOR_POINTS,
             }
         )
     for mode in ("one-network", "one-group"):
@@ -188,24 +189,16 @@ def thief_goals(s: dict) -> list[dict]:
             }
         )
     for d in s["dilution"]:
-        if d["ratio"] <= 2 and d["pool_only"] is not None:
-            above = round(100 * (d["clone_accuracy"] - d["pool_only"]), 1)
+        for floor, label in (("pool_only", "pool-only"), ("own_data", "own data")):
+            if d["ratio"] > 2 or d.get(floor) is None:
+                continue
+            above = round(100 * (d["clone_accuracy"] - d[floor]), 1)
             rows.append(
                 {
-                    "goal": f"dilution P{d['pool']} R{d['ratio']}: clone <= pool-only + "
-                    f"{DILUTION_POINTS} points ({name})",
+                    "goal": f"dilution P{d['pool']} R{d['ratio']}: clone <= {label} + "
+                    f"{FLOOR_POINTS} points ({name})",
                     "measured": above,
-                    "met": above <= DILUTION_POINTS,
-                }
-            )
-        if d["ratio"] <= 2 and d.get("own_data") is not None:
-            above = round(100 * (d["clone_accuracy"] - d["own_data"]), 1)
-            rows.append(
-                {
-                    "goal": f"dilution P{d['pool']} R{d['ratio']}: clone <= own data + "
-                    f"{DILUTION_POINTS} points ({name})",
-                    "measured": above,
-                    "met": above <= DILUTION_POINTS,
+                    "met": above <= FLOOR_POINTS,
                 }
             )
     return rows

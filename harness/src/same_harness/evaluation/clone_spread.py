@@ -48,12 +48,9 @@ def spread(
     for source in sources:
         images, own = own_labelled_data(ctx, f"knockoff-{source}", config.seeds[0])
         probs = softmax(ctx.graphs.run(images).logits).astype(np.float32)
-        answers = {
-            "probs": Answer(probs, probs.argmax(axis=1)),
-            "labels": Answer(probs, probs.argmax(axis=1)),
-            "own": Answer(np.eye(ctx.num_classes, dtype=np.float32)[own], own),
-        }
-        victim = float((probs.argmax(axis=1) == own).mean())
+        victim_answer = Answer(probs, probs.argmax(axis=1))  # seen as probs or as labels
+        own_answer = Answer(np.eye(ctx.num_classes, dtype=np.float32)[own], own)
+        victim = float((victim_answer.labels == own).mean())
         for target in TARGETS:
             accuracies = []
             for seed in seeds:
@@ -64,7 +61,7 @@ def spread(
                     clone_architecture(ctx.manifest),
                     replace(config.clone, seed=seed),
                 )
-                a = answers[target]
+                a = own_answer if target == "own" else victim_answer
                 answer = Answer(a.probs[order], a.labels[order])
                 kind = "probs" if target == "probs" else "labels"
                 clone = trainer.fit_answers(images[order], answer, kind)
